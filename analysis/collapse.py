@@ -1,0 +1,604 @@
+r"""Neural-collapse metrics (NC1–NC4, CDNV, distances to a simplex ETF or any frame).
+
+Every function takes a :class:`~analysis.stats.FeatureStats` (plus the classifier
+``weight [K, D]`` / ``bias [K]`` where the metric needs it), computes in float64 and returns a
+Python float. Defaults follow the paper that defined each quantity; every other published form
+is one keyword away (see the table in ``docs/metrics.md``). :math:`K` counts the classes that
+have samples: classes with none are dropped (with their classifier rows) and named in one
+:class:`~analysis.stats.EmptyClassWarning`.
+
+Notation: :math:`\mu_c` class means, :math:`\mu_G` global mean, :math:`M_c` ``[K, D]`` rows
+:math:`\mu_c-\mu_G`, :math:`W` ``[K, D]`` rows :math:`w_c`, and the centred simplex ETF Gram
+target :math:`E_K = (I - \tfrac1K 11^\top)/\sqrt{K-1}` (unit Frobenius norm).
+
+References
+----------
+.. [1] V. Papyan, X. Y. Han, D. L. Donoho. Prevalence of neural collapse during the terminal
+   phase of deep learning training. PNAS 117(40), 2020.
+.. [2] Z. Zhu, T. Ding, J. Zhou, X. Li, C. You, J. Sulam, Q. Qu. A geometric analysis of neural
+   collapse with unconstrained features. NeurIPS 2021.
+.. [3] T. Tirer, H. Huang, J. Niles-Weed. Perturbation analysis of neural collapse. ICML 2023.
+.. [4] J. Xu, H. Liu. Quantifying the variability collapse of neural networks. ICML 2023.
+.. [5] T. Galanti, A. György, M. Hutter. On the role of neural collapse in transfer learning.
+   ICLR 2022.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+
+from analysis._checks import as_tensor, check_features, check_finite, check_labels
+from analysis.stats import FeatureStats, GlobalMean, Within
+from analysis.variability import intra_class_variability
+
+__all__ = [
+    "NCCMismatch",
+    "cdnv",
+    "collapse_metrics",
+    "equiangularity",
+    "equinorm",
+    "etf_distance",
+    "etf_error",
+    "frame_distance",
+    "nc1",
+    "ncc_mismatch",
+    "self_duality",
+]
+
+Of = Literal["means", "weights"]
+
+
+# ---------------------------------------------------------------------------- helpers
+def _check_stats(stats: Any) -> FeatureStats:
+    if not isinstance(stats, FeatureStats):
+        raise TypeError(f"expected a FeatureStats, got {type(stats).__name__}")
+    return stats
+
+
+def _classifier_rows(
+    stats: FeatureStats, tensor: Any, name: str, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Validate a classifier tensor of ``shape`` and return its present-class rows in float64."""
+    t = as_tensor(tensor, name)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    check_finite(t.detach(), name)
+    idx = stats.present_classes()
+    return t.detach().to(device=stats.device, dtype=torch.float64)[idx]
+
+
+def _weight_rows(stats: FeatureStats, weight: Any) -> torch.Tensor:
+    if weight is None:
+        raise ValueError("this metric needs the classifier weight [K, D]; pass weight=...")
+    return _classifier_rows(stats, weight, "weight", (stats.num_classes, stats.dim))
+
+
+def _min_classes(k: int, what: str) -> None:
+    if k < 2:
+        raise ValueError(f"{what} needs at least 2 classes with samples, got {k}")
+
+
+def _vectors(
+    stats: FeatureStats, weight: Any, of: Of, global_mean: GlobalMean
+) -> torch.Tensor:
+    """Rows the NC2 metrics act on: centred class means or classifier weights."""
+    _check_stats(stats)
+    if of == "means":
+        v = stats.centered_means(global_mean)
+    elif of == "weights":
+        v = _weight_rows(stats, weight)
+    else:
+        raise ValueError(f"of must be 'means' or 'weights', got {of!r}")
+    _min_classes(v.shape[0], "an NC2 metric")
+    norms = torch.linalg.vector_norm(v, dim=1)
+    if bool((norms == 0).any()):
+        bad = torch.nonzero(norms == 0).flatten().tolist()
+        raise ValueError(f"{of} rows {bad} (among present classes) have zero norm")
+    return v
+
+
+def _etf_target(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Centred simplex ETF Gram with unit Frobenius norm, :math:`(I-11^\\top/K)/\\sqrt{K-1}`."""
+    eye = torch.eye(k, dtype=dtype, device=device)
+    return (eye - 1.0 / k) / math.sqrt(k - 1)
+
+
+def _pinv_sym(a: torch.Tensor) -> torch.Tensor:
+    """Pseudo-inverse of a symmetric PSD matrix by eigh.
+
+    Eigenvalues at or below ``max(D, rank_bound) * eps * λ_max`` are treated as zero (numpy's
+    ``matrix_rank`` tolerance); this is what makes the inverse well defined when
+    :math:`K-1 < D` (rank-deficient :math:`\\Sigma_B`) without any truncated SVD.
+    """
+    evals, evecs = torch.linalg.eigh(a)
+    tol = a.shape[-1] * torch.finfo(a.dtype).eps * evals.abs().max()
+    inv = torch.where(evals > tol, 1.0 / evals, torch.zeros_like(evals))
+    return (evecs * inv) @ evecs.T
+
+
+def _pair_sq_dists(mu: torch.Tensor, sq: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Squared distances between rows ``start:stop`` of ``mu`` and all rows, ``[stop-start, K]``.
+
+    Uses the Gram form, then recomputes by direct differences the pairs where it cancels
+    (distance² below 1e-4 of ‖a‖² + ‖b‖², relative error otherwise ≤ ~1e-12).
+    """
+    scale = sq[start:stop, None] + sq[None, :]
+    d2 = (scale - 2.0 * mu[start:stop] @ mu.T).clamp(min=0)
+    r, c = torch.nonzero(d2 <= 1e-4 * scale, as_tuple=True)
+    for i in range(0, r.numel(), 1 << 16):
+        rr, cc = r[i : i + (1 << 16)], c[i : i + (1 << 16)]
+        d2[rr, cc] = (mu[rr + start] - mu[cc]).square().sum(1)
+    return d2
+
+
+def _nuclear_norm(a: torch.Tensor) -> float:
+    return float(torch.linalg.svdvals(a).sum())
+
+
+# ---------------------------------------------------------------------------- NC1
+def nc1(
+    stats: FeatureStats,
+    *,
+    variant: Literal["papyan", "quotient", "vci"] = "papyan",
+    within: Within = "samples",
+    global_mean: GlobalMean = "samples",
+    divide_by_classes: bool = True,
+) -> float:
+    r"""NC1: within-class variability relative to between-class separation.
+
+    .. math::
+
+        \mathrm{NC1} = \frac1K \operatorname{Tr}(\Sigma_W \Sigma_B^{+})
+
+    Parameters
+    ----------
+    stats : FeatureStats
+        Class statistics.
+    variant : {"papyan", "quotient", "vci"}
+        ``"papyan"`` (default, Papyan et al. 2020 [1]_): the formula above, :math:`\Sigma_B^+`
+        by an eigh pseudo-inverse (no truncated SVD, so :math:`K-1\ge D` works).
+        ``"quotient"`` (Tirer et al. 2023 [3]_): :math:`\operatorname{Tr}\Sigma_W /
+        \operatorname{Tr}\Sigma_B`. ``"vci"`` (variability collapse index, Xu & Liu 2023
+        [4]_): :math:`1-\operatorname{Tr}((\Sigma_W+\Sigma_B)^{+}\Sigma_B)/\min(D, K-1)`.
+    within : {"samples", "balanced"}
+        :math:`\Sigma_W` convention (see :meth:`FeatureStats.within_covariance`).
+    global_mean : {"samples", "classes"}
+        :math:`\mu_G` used in :math:`\Sigma_B`.
+    divide_by_classes : bool, default True
+        ``False`` drops the :math:`1/K` of ``"papyan"`` (the form of the Papyan et al. Colab
+        notebook). Ignored by the other variants.
+
+    Returns
+    -------
+    float
+        0 at perfect collapse; ``"vci"`` lies in [0, 1].
+    """
+    stats = _check_stats(stats)
+    sw = stats.within_covariance(within)
+    sb = stats.between_covariance(global_mean)
+    k = int(stats.present.sum())
+    _min_classes(k, "nc1")
+    if variant == "papyan":
+        value = float(torch.trace(sw @ _pinv_sym(sb)))
+        return value / k if divide_by_classes else value
+    if variant == "quotient":
+        tb = float(torch.trace(sb))
+        if tb == 0:
+            raise ValueError("nc1(variant='quotient'): all class means coincide (Tr Σ_B = 0)")
+        return float(torch.trace(sw)) / tb
+    if variant == "vci":
+        return 1.0 - float(torch.trace(_pinv_sym(sw + sb) @ sb)) / min(stats.dim, k - 1)
+    raise ValueError(f"variant must be 'papyan', 'quotient' or 'vci', got {variant!r}")
+
+
+# ---------------------------------------------------------------------------- NC2
+def equinorm(
+    stats: FeatureStats,
+    weight: Any = None,
+    *,
+    of: Of = "means",
+    ddof: int = 1,
+    global_mean: GlobalMean = "samples",
+) -> float:
+    r"""NC2 equinormness: coefficient of variation of the norms.
+
+    .. math:: \operatorname{std}_c \|u_c\| \,/\, \operatorname{mean}_c \|u_c\|
+
+    with :math:`u_c = \mu_c - \mu_G` (``of="means"``) or :math:`u_c = w_c` (``of="weights"``).
+    ``ddof=1`` (default) is the unbiased std of Papyan et al. 2020 [1]_; ``ddof=0`` the
+    population std.
+    """
+    v = _vectors(stats, weight, of, global_mean)
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
+    norms = torch.linalg.vector_norm(v, dim=1)
+    return float(norms.std(correction=ddof) / norms.mean())
+
+
+def _cosines(v: torch.Tensor) -> torch.Tensor:
+    u = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    return u @ u.T
+
+
+def equiangularity(
+    stats: FeatureStats,
+    weight: Any = None,
+    *,
+    of: Of = "means",
+    reduction: Literal["mean_abs", "std"] = "mean_abs",
+    global_mean: GlobalMean = "samples",
+) -> float:
+    r"""NC2 equiangularity: how far the pairwise cosines are from :math:`-1/(K-1)`.
+
+    ``reduction="mean_abs"`` (default, Papyan et al. 2020 [1]_, Fig. 3 "maximal-angle"):
+
+    .. math:: \frac{1}{K(K-1)}\sum_{c\ne c'} \left|\cos(u_c, u_{c'}) + \tfrac{1}{K-1}\right|
+
+    ``reduction="std"`` (Papyan et al. Fig. 3 "equiangularity"): the standard deviation
+    (``ddof=1``) of the :math:`K(K-1)` off-diagonal cosines. :math:`u_c` as in
+    :func:`equinorm`.
+    """
+    v = _vectors(stats, weight, of, global_mean)
+    k = v.shape[0]
+    cos = _cosines(v)
+    off = cos[~torch.eye(k, dtype=torch.bool, device=cos.device)]
+    if reduction == "mean_abs":
+        return float((off + 1.0 / (k - 1)).abs().mean())
+    if reduction == "std":
+        return float(off.std()) if off.numel() > 1 else 0.0
+    raise ValueError(f"reduction must be 'mean_abs' or 'std', got {reduction!r}")
+
+
+def etf_error(
+    stats: FeatureStats,
+    weight: Any = None,
+    *,
+    of: Of = "means",
+    global_mean: GlobalMean = "samples",
+) -> float:
+    r"""Distance of the normalised Gram matrix to the simplex ETF (Zhu et al. 2021 [2]_).
+
+    .. math::
+
+        \left\| \frac{G}{\|G\|_F} - \frac{I - \tfrac1K 11^\top}{\sqrt{K-1}} \right\|_F,
+        \qquad G = M_c M_c^\top \text{ (means) or } W W^\top \text{ (weights)}
+
+    0 exactly when the rows form a simplex ETF up to a common scale.
+    """
+    v = _vectors(stats, weight, of, global_mean)
+    g = v @ v.T
+    target = _etf_target(g.shape[0], g.dtype, g.device)
+    return float(torch.linalg.matrix_norm(g / torch.linalg.matrix_norm(g) - target))
+
+
+# ---------------------------------------------------------------------------- NC3
+def self_duality(
+    stats: FeatureStats,
+    weight: Any,
+    *,
+    variant: Literal["papyan", "wh", "cosine"] = "papyan",
+    squared: bool = True,
+    global_mean: GlobalMean = "samples",
+) -> float:
+    r"""NC3 self-duality: alignment of classifier rows with the centred class means.
+
+    ``variant="papyan"`` (default, Papyan et al. 2020 [1]_):
+    :math:`\| W/\|W\|_F - M_c/\|M_c\|_F \|_F^2` (``squared=False`` drops the square).
+
+    ``variant="wh"`` (Zhu et al. 2021 [2]_ ":math:`\mathcal{NC}_3`"):
+    :math:`\| WM_c^\top/\|WM_c^\top\|_F - (I - \tfrac1K 11^\top)/\sqrt{K-1} \|_F`.
+
+    ``variant="cosine"``: :math:`\frac1K\sum_c 1 - \cos(w_c, \mu_c - \mu_G)`.
+    """
+    stats = _check_stats(stats)
+    w = _vectors(stats, weight, "weights", global_mean)
+    m = _vectors(stats, None, "means", global_mean)
+    if variant == "papyan":
+        d = torch.linalg.matrix_norm(
+            w / torch.linalg.matrix_norm(w) - m / torch.linalg.matrix_norm(m)
+        )
+        return float(d.square() if squared else d)
+    if variant == "wh":
+        wh = w @ m.T
+        target = _etf_target(wh.shape[0], wh.dtype, wh.device)
+        return float(torch.linalg.matrix_norm(wh / torch.linalg.matrix_norm(wh) - target))
+    if variant == "cosine":
+        cos = torch.nn.functional.cosine_similarity(w, m, dim=1, eps=0.0)
+        return float((1.0 - cos).mean())
+    raise ValueError(f"variant must be 'papyan', 'wh' or 'cosine', got {variant!r}")
+
+
+# ---------------------------------------------------------------------------- CDNV
+def cdnv(stats: FeatureStats, *, exponent: Literal[1, 2] = 1, ddof: int = 0) -> float:
+    r"""Class-distance normalised variance (Galanti et al. 2022 [5]_).
+
+    .. math::
+
+        \mathrm{CDNV} = \binom{K}{2}^{-1} \sum_{c<c'}
+        \frac{\sigma_c^2 + \sigma_{c'}^2}{2\,\|\mu_c - \mu_{c'}\|^{2\cdot\mathrm{exponent}}}
+
+    ``exponent=1`` (default) is the paper's definition (squared distance);
+    ``exponent=2`` divides by :math:`\|\cdot\|^4`, the form of some reference code.
+    :math:`\sigma_c^2` uses ``ddof``. Pair distances are computed in blocks of rows from the
+    centred means, so :math:`K = 32768` needs no :math:`K\times K` matrix.
+
+    Raises
+    ------
+    ValueError
+        If two class means coincide (the ratio would be infinite).
+    """
+    stats = _check_stats(stats)
+    if exponent not in (1, 2):
+        raise ValueError(f"exponent must be 1 or 2, got {exponent!r}")
+    idx = stats.present_classes()
+    k = idx.numel()
+    _min_classes(k, "cdnv")
+    mu = stats.means[idx]
+    mu = mu - mu.mean(0)
+    var = stats.class_variance(ddof)[idx]
+    sq = mu.square().sum(1)
+    cols = torch.arange(k, device=mu.device)
+    total = 0.0
+    block = max(1, min(k, (1 << 24) // k))
+    for start in range(0, k, block):
+        stop = min(start + block, k)
+        d2 = _pair_sq_dists(mu, sq, start, stop)
+        upper = cols[None, :] > cols[start:stop, None]
+        if bool((d2[upper] == 0).any()):
+            r, c = torch.nonzero(upper & (d2 == 0), as_tuple=True)
+            pair = (int(idx[int(r[0]) + start]), int(idx[int(c[0])]))
+            raise ValueError(f"cdnv: the means of classes {pair} coincide")
+        num = var[start:stop, None] + var[None, :]
+        total += float((num / (2.0 * d2.pow(exponent)))[upper].sum())
+    return total / (k * (k - 1) / 2)
+
+
+# ---------------------------------------------------------------------------- distances to frames
+def etf_distance(stats: FeatureStats, *, global_mean: GlobalMean = "samples") -> float:
+    r"""Squared distance of the normalised centred means to the nearest rotated simplex ETF.
+
+    .. math::
+
+        \min_{P:\,\text{partial isometry}} \|Y - P E\|_F^2 = 2 - 2\,\|Y E\|_*,
+        \qquad Y = M_c^\top/\|M_c\|_F,\; E = (I - \tfrac1K 11^\top)/\sqrt{K-1}
+
+    (both terms have unit norm; the maximum of :math:`\operatorname{tr}(P^\top Y E)` over
+    partial isometries is the nuclear norm, von Neumann's trace inequality). One SVD, no
+    iterative optimiser; works for any :math:`D` and :math:`K`. Lies in [0, 2]; 0 exactly for a
+    simplex ETF of any scale and orientation.
+    """
+    stats = _check_stats(stats)
+    m = _vectors(stats, None, "means", global_mean)
+    y = m.T / torch.linalg.matrix_norm(m)
+    e = _etf_target(m.shape[0], m.dtype, m.device)
+    return max(0.0, 2.0 - 2.0 * _nuclear_norm(y @ e))
+
+
+def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
+    evals, evecs = torch.linalg.eigh(s)
+    tol = s.shape[-1] * torch.finfo(s.dtype).eps * evals.abs().max()
+    if bool((evals < -max(float(tol), 1e-10 * float(evals.abs().max()))).any()):
+        raise ValueError(
+            f"similarity must be positive semi-definite; smallest eigenvalue {float(evals[0]):.3e}"
+        )
+    return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+
+
+def frame_distance(
+    stats: FeatureStats,
+    similarity: Any,
+    *,
+    centered: bool = False,
+    global_mean: GlobalMean = "samples",
+) -> float:
+    r"""Distance of the normalised class means to the nearest rotation of a target frame.
+
+    Same closed form as :func:`etf_distance` with any target Gram matrix :math:`S` (e.g. the
+    HAFrame similarity, Liang & Davis, ICCV 2023):
+
+    .. math::
+
+        2 - 2\,\|Y E\|_*, \qquad E = S^{1/2}/\|S^{1/2}\|_F,\; Y = M^\top/\|M\|_F
+
+    By default :math:`M` holds the raw (uncentred) class means, because HAFrame rows do not sum
+    to zero; ``centered=True`` uses :math:`M_c` (with ``global_mean``), which with the ETF Gram
+    reproduces :func:`etf_distance`.
+
+    Parameters
+    ----------
+    similarity : Tensor ``[K, K]``
+        Symmetric positive semi-definite target Gram over all ``num_classes`` classes; rows and
+        columns of absent classes are dropped.
+    """
+    stats = _check_stats(stats)
+    k_all = stats.num_classes
+    s = as_tensor(similarity, "similarity")
+    if not s.is_floating_point():
+        raise TypeError(f"similarity must have a floating-point dtype, got {s.dtype}")
+    if tuple(s.shape) != (k_all, k_all):
+        raise ValueError(f"similarity must have shape [{k_all}, {k_all}], got {list(s.shape)}")
+    check_finite(s, "similarity")
+    s = s.detach().to(device=stats.device, dtype=torch.float64)
+    if not torch.allclose(s, s.T, rtol=1e-10, atol=1e-12):
+        raise ValueError("similarity must be symmetric")
+    idx = stats.present_classes()
+    s = s[idx][:, idx]
+    _min_classes(idx.numel(), "frame_distance")
+    m = stats.centered_means(global_mean) if centered else stats.means[idx]
+    norm = torch.linalg.matrix_norm(m)
+    if float(norm) == 0:
+        raise ValueError("frame_distance: all class means are zero")
+    root = _psd_sqrt(s)
+    e = root / torch.linalg.matrix_norm(root)
+    return max(0.0, 2.0 - 2.0 * _nuclear_norm((m.T / norm) @ e))
+
+
+# ---------------------------------------------------------------------------- NC4
+class NCCMismatch:
+    r"""Streaming NC4: disagreement between the classifier and the nearest class centre.
+
+    .. math::
+
+        \frac1N \sum_i \mathbb 1\left[\arg\max_c (w_c^\top x_i + b_c) \ne
+        \arg\min_c \|x_i - \mu_c\|\right]
+
+    The class means come from the *training* split by default (Papyan et al. 2020 [1]_): build
+    this accumulator from the training ``FeatureStats`` and feed it the features of the split
+    being evaluated, batch by batch. Both argmax and argmin run over the classes present in the
+    means' statistics (classes without training samples have no centre). Ties resolve to the
+    lowest class index. State (two counts) is sum-reducible: :meth:`merge`.
+
+    Parameters
+    ----------
+    means : FeatureStats or Tensor ``[K, D]``
+        Source of the class centres :math:`\mu_c`.
+    weight : Tensor ``[K, D]``
+    bias : Tensor ``[K]``, optional
+    """
+
+    def __init__(self, means: FeatureStats | torch.Tensor, weight: Any, bias: Any = None) -> None:
+        if isinstance(means, FeatureStats):
+            stats = means
+        else:
+            mu = check_features(means, None, "means")
+            stats = FeatureStats(mu.shape[0], mu.shape[1], device=mu.device)
+            stats.update(mu, torch.arange(mu.shape[0], device=mu.device))
+        idx = stats.present_classes()
+        _min_classes(idx.numel(), "ncc_mismatch")
+        self.dim = stats.dim
+        self.device = stats.device
+        self._centres = stats.means[idx]
+        self._sq = self._centres.square().sum(1)
+        self._weight = _weight_rows(stats, weight)
+        self._bias = (
+            _classifier_rows(stats, bias, "bias", (stats.num_classes,))
+            if bias is not None
+            else torch.zeros(idx.numel(), dtype=torch.float64, device=self.device)
+        )
+        self.mismatches = 0
+        self.total = 0
+
+    @torch.no_grad()
+    def update(self, features: Any) -> None:
+        """Add a batch of features ``[B, D]`` (any float dtype/device; moved to the state's)."""
+        x = check_features(features, self.dim).to(device=self.device, dtype=torch.float64)
+        pred = torch.argmax(torch.addmm(self._bias, x, self._weight.T), dim=1)
+        # ‖x − μ‖² up to the per-row constant ‖x‖²: argmin of ‖μ‖² − 2 xᵀμ
+        ncc = torch.argmin(self._sq[None, :] - 2.0 * x @ self._centres.T, dim=1)
+        self.mismatches += int((pred != ncc).sum())
+        self.total += x.shape[0]
+
+    def merge(self, other: NCCMismatch) -> NCCMismatch:
+        """Add another accumulator's counts (same means and classifier); returns ``self``."""
+        self.mismatches += other.mismatches
+        self.total += other.total
+        return self
+
+    def compute(self) -> float:
+        """Fraction of samples where the classifier and nearest-centre decisions differ."""
+        if self.total == 0:
+            raise ValueError("NCCMismatch has seen no samples: call update() first")
+        return self.mismatches / self.total
+
+
+def _batches(features: Any) -> Iterable[Any]:
+    if isinstance(features, (torch.Tensor,)) or hasattr(features, "__array__"):
+        return [features]
+    return features
+
+
+def ncc_mismatch(
+    features: Any,
+    weight: Any,
+    bias: Any = None,
+    *,
+    train_stats: FeatureStats | None = None,
+    labels: Any = None,
+    means_from: Literal["train", "same"] = "train",
+) -> float:
+    r"""NC4 in one call: see :class:`NCCMismatch` for the formula.
+
+    Parameters
+    ----------
+    features : Tensor ``[N, D]`` or iterable of Tensors ``[B, D]``
+        Features of the split being evaluated.
+    weight, bias : classifier ``[K, D]`` and ``[K]``.
+    train_stats : FeatureStats
+        Required for ``means_from="train"`` (default, Papyan et al. 2020): centres from the
+        training split.
+    labels : Tensor ``[N]``
+        Required for ``means_from="same"``: centres are the class means of ``features`` itself
+        (a second pass over the same data). ``features`` must then be one tensor.
+    """
+    if means_from == "train":
+        if train_stats is None:
+            raise ValueError("means_from='train' needs train_stats (FeatureStats of the train split)")
+        acc = NCCMismatch(_check_stats(train_stats), weight, bias)
+        for batch in _batches(features):
+            acc.update(batch)
+        return acc.compute()
+    if means_from == "same":
+        if labels is None:
+            raise ValueError("means_from='same' needs the labels of features")
+        x = check_features(features, None)
+        y = check_labels(labels, x.shape[0], as_tensor(weight, "weight").shape[0])
+        stats = FeatureStats(int(as_tensor(weight, "weight").shape[0]), x.shape[1],
+                             device=x.device)
+        stats.update(x, y)
+        acc = NCCMismatch(stats, weight, bias)
+        acc.update(x)
+        return acc.compute()
+    raise ValueError(f"means_from must be 'train' or 'same', got {means_from!r}")
+
+
+# ---------------------------------------------------------------------------- all at once
+def collapse_metrics(
+    stats: FeatureStats,
+    weight: Any = None,
+    bias: Any = None,
+    *,
+    features: Any = None,
+    similarity: Any = None,
+) -> dict[str, float]:
+    """Every neural-collapse metric with its default convention, under stable keys.
+
+    Keys (CONVENTIONS.md): ``nc1``, ``equinorm_means``, ``equiangularity_means``,
+    ``etf_error_means``, ``etf_distance``, ``cdnv``, ``intra_class_variability``; with
+    ``weight``: ``equinorm_weights``, ``equiangularity_weights``, ``etf_error_weights``,
+    ``self_duality``; with ``weight`` and ``features`` (an evaluation split, ``stats`` being the
+    training split): ``ncc_mismatch``; with ``similarity``: ``frame_distance``.
+
+    Returns
+    -------
+    dict[str, float]
+    """
+    stats = _check_stats(stats)
+    stats.present_classes()  # emit the empty-class warning once, here
+    out: dict[str, float] = {
+        "nc1": nc1(stats),
+        "equinorm_means": equinorm(stats),
+        "equiangularity_means": equiangularity(stats),
+        "etf_error_means": etf_error(stats),
+        "etf_distance": etf_distance(stats),
+        "cdnv": cdnv(stats),
+        "intra_class_variability": intra_class_variability(stats),
+    }
+    if weight is not None:
+        out["equinorm_weights"] = equinorm(stats, weight, of="weights")
+        out["equiangularity_weights"] = equiangularity(stats, weight, of="weights")
+        out["etf_error_weights"] = etf_error(stats, weight, of="weights")
+        out["self_duality"] = self_duality(stats, weight)
+        if features is not None:
+            out["ncc_mismatch"] = ncc_mismatch(features, weight, bias, train_stats=stats)
+    elif features is not None:
+        raise ValueError("ncc_mismatch needs the classifier: pass weight (and bias)")
+    if similarity is not None:
+        out["frame_distance"] = frame_distance(stats, similarity)
+    return out
+
