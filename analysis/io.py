@@ -1,0 +1,162 @@
+"""Reading feature files and writing results atomically.
+
+Feature file format
+-------------------
+A ``.pt``/``.pth`` file written by ``torch.save`` (loaded with ``weights_only=True``, so only
+tensors and plain containers, never pickled objects) or a ``.npz`` file, holding either
+
+* flat keys ``features [N, D]`` and ``labels [N]``, or
+* one mapping per split, e.g. ``{"train": {"features", "labels"}, "test": {...}}``,
+
+plus optionally the classifier ``weight [K, D]`` and ``bias [K]`` (top level), ``num_classes``
+(else ``max(label) + 1`` over all splits, or ``weight.shape[0]``) and ``class_names``. In a
+``.npz`` file, split arrays are named ``train/features``, ``train/labels``, ….
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["FeatureFile", "atomic_write_text", "load_feature_file", "write_csv", "write_json"]
+
+
+@dataclass
+class FeatureFile:
+    """Contents of a feature file: per-split ``(features, labels)`` and the classifier."""
+
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    num_classes: int
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    class_names: list[str] | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _from_mapping(data: Mapping[str, Any], source: str) -> FeatureFile:
+    def tensor(v: Any, name: str) -> torch.Tensor:
+        if isinstance(v, np.ndarray):
+            return torch.from_numpy(v)
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{source}: {name} must be a tensor/array, got {type(v).__name__}")
+        return v
+
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if "features" in data or "labels" in data:
+        if "features" not in data or "labels" not in data:
+            raise ValueError(f"{source}: needs both 'features' and 'labels'")
+        splits["all"] = (tensor(data["features"], "features"), tensor(data["labels"], "labels"))
+    for key, value in data.items():
+        if isinstance(value, Mapping) and ("features" in value or "labels" in value):
+            if "features" not in value or "labels" not in value:
+                raise ValueError(f"{source}: split {key!r} needs both 'features' and 'labels'")
+            splits[str(key)] = (
+                tensor(value["features"], f"{key}.features"),
+                tensor(value["labels"], f"{key}.labels"),
+            )
+    if not splits:
+        raise ValueError(
+            f"{source}: no features found; expected keys 'features' and 'labels' or per-split "
+            "mappings such as {'train': {'features': ..., 'labels': ...}}"
+        )
+    weight = tensor(data["weight"], "weight") if data.get("weight") is not None else None
+    bias = tensor(data["bias"], "bias") if data.get("bias") is not None else None
+    if "num_classes" in data:
+        num_classes = int(data["num_classes"])
+    elif weight is not None:
+        num_classes = int(weight.shape[0])
+    else:
+        num_classes = 1 + max(int(y.max()) for _, y in splits.values() if y.numel())
+    names = data.get("class_names")
+    class_names = [str(n) for n in names] if names is not None else None
+    return FeatureFile(splits, num_classes, weight, bias, class_names, source)
+
+
+def load_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
+    """Load a feature file (``.pt``/``.pth`` safely with ``weights_only=True``, or ``.npz``).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, TypeError
+        Missing file, unknown layout, or a pickle that needs arbitrary code to load.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"feature file not found: {p}")
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as npz:
+            flat: dict[str, Any] = {}
+            for key in npz.files:
+                value = npz[key]
+                if "/" in key:
+                    split, name = key.split("/", 1)
+                    flat.setdefault(split, {})[name] = value
+                elif value.ndim == 0:
+                    flat[key] = value.item()
+                else:
+                    flat[key] = value
+        return _from_mapping(flat, str(p))
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not a zipfile checkpoint: legacy format cannot be memory-mapped
+        data = _safe_load(p)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{p}: expected a dict of tensors, got {type(data).__name__}")
+    return _from_mapping(data, str(p))
+
+
+def _safe_load(p: Path) -> Any:
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError for non-allowlisted objects
+        raise ValueError(
+            f"{p}: could not be loaded with torch.load(weights_only=True) ({err}). Save plain "
+            "tensors and dicts (e.g. model.state_dict()), not pickled Python objects."
+        ) from err
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then rename.
+
+    A crash leaves either the old file or the new one, never half of one.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (NaN/Inf are refused, not written)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def write_csv(
+    path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], columns: list[str]
+) -> None:
+    """Atomically write ``rows`` (mappings) as CSV with the given column order."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: row[c] for c in columns})
+    atomic_write_text(path, buf.getvalue())
