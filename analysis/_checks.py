@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "check_features", "check_labels", "check_finite", "first_indices"]
+__all__ = ["as_tensor", "check_features", "check_finite", "check_labels", "first_indices"]
 
 
 def as_tensor(x: Any, name: str) -> torch.Tensor:

@@ -84,9 +84,7 @@ def _min_classes(k: int, what: str) -> None:
         raise ValueError(f"{what} needs at least 2 classes with samples, got {k}")
 
 
-def _vectors(
-    stats: FeatureStats, weight: Any, of: Of, global_mean: GlobalMean
-) -> torch.Tensor:
+def _vectors(stats: FeatureStats, weight: Any, of: Of, global_mean: GlobalMean) -> torch.Tensor:
     """Rows the NC2 metrics act on: centred class means or classifier weights."""
     _check_stats(stats)
     if of == "means":
@@ -104,17 +102,17 @@ def _vectors(
 
 
 def _etf_target(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Centred simplex ETF Gram with unit Frobenius norm, :math:`(I-11^\\top/K)/\\sqrt{K-1}`."""
+    r"""Centred simplex ETF Gram with unit Frobenius norm, :math:`(I-11^\top/K)/\sqrt{K-1}`."""
     eye = torch.eye(k, dtype=dtype, device=device)
     return (eye - 1.0 / k) / math.sqrt(k - 1)
 
 
 def _pinv_sym(a: torch.Tensor) -> torch.Tensor:
-    """Pseudo-inverse of a symmetric PSD matrix by eigh.
+    r"""Pseudo-inverse of a symmetric PSD matrix by eigh.
 
-    Eigenvalues at or below ``max(D, rank_bound) * eps * λ_max`` are treated as zero (numpy's
+    Eigenvalues at or below ``D * eps * λ_max`` are treated as zero (numpy's
     ``matrix_rank`` tolerance); this is what makes the inverse well defined when
-    :math:`K-1 < D` (rank-deficient :math:`\\Sigma_B`) without any truncated SVD.
+    :math:`K-1 < D` (rank-deficient :math:`\Sigma_B`) without any truncated SVD.
     """
     evals, evecs = torch.linalg.eigh(a)
     tol = a.shape[-1] * torch.finfo(a.dtype).eps * evals.abs().max()
@@ -538,7 +536,9 @@ def ncc_mismatch(
     """
     if means_from == "train":
         if train_stats is None:
-            raise ValueError("means_from='train' needs train_stats (FeatureStats of the train split)")
+            raise ValueError(
+                "means_from='train' needs train_stats (FeatureStats of the train split)"
+            )
         acc = NCCMismatch(_check_stats(train_stats), weight, bias)
         for batch in _batches(features):
             acc.update(batch)
@@ -548,8 +548,7 @@ def ncc_mismatch(
             raise ValueError("means_from='same' needs the labels of features")
         x = check_features(features, None)
         y = check_labels(labels, x.shape[0], as_tensor(weight, "weight").shape[0])
-        stats = FeatureStats(int(as_tensor(weight, "weight").shape[0]), x.shape[1],
-                             device=x.device)
+        stats = FeatureStats(int(as_tensor(weight, "weight").shape[0]), x.shape[1], device=x.device)
         stats.update(x, y)
         acc = NCCMismatch(stats, weight, bias)
         acc.update(x)
@@ -601,4 +600,3 @@ def collapse_metrics(
     if similarity is not None:
         out["frame_distance"] = frame_distance(stats, similarity)
     return out
-

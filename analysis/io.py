@@ -107,19 +107,22 @@ def load_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
                 else:
                     flat[key] = value
         return _from_mapping(flat, str(p))
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zipfile checkpoint: legacy format cannot be memory-mapped
-        data = _safe_load(p)
+    data = _safe_load(p)
     if not isinstance(data, Mapping):
         raise ValueError(f"{p}: expected a dict of tensors, got {type(data).__name__}")
     return _from_mapping(data, str(p))
 
 
 def _safe_load(p: Path) -> Any:
+    """``torch.load(weights_only=True)``, memory-mapped when the file format allows it."""
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError for non-allowlisted objects
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for objects outside the weights-only allowlist
         raise ValueError(
             f"{p}: could not be loaded with torch.load(weights_only=True) ({err}). Save plain "
             "tensors and dicts (e.g. model.state_dict()), not pickled Python objects."

@@ -118,16 +118,18 @@ class FeatureStats:
         self.dim = dim
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.track_class_scatter = bool(track_class_scatter)
-        f64 = {"dtype": torch.float64, "device": self.device}
-        self._counts = torch.zeros(num_classes, dtype=torch.int64, device=self.device)
-        self._means = torch.zeros(num_classes, dim, **f64)
-        self._scatter = torch.zeros(dim, dim, **f64)
-        self._class_m2 = torch.zeros(num_classes, **f64)
-        self._unit_means = torch.zeros(num_classes, dim, **f64)
-        self._unit_m2 = torch.zeros(num_classes, **f64)
-        self._zero_norm = torch.zeros((), dtype=torch.int64, device=self.device)
+        dev, f64 = self.device, torch.float64
+        self._counts = torch.zeros(num_classes, dtype=torch.int64, device=dev)
+        self._means = torch.zeros(num_classes, dim, dtype=f64, device=dev)
+        self._scatter = torch.zeros(dim, dim, dtype=f64, device=dev)
+        self._class_m2 = torch.zeros(num_classes, dtype=f64, device=dev)
+        self._unit_means = torch.zeros(num_classes, dim, dtype=f64, device=dev)
+        self._unit_m2 = torch.zeros(num_classes, dtype=f64, device=dev)
+        self._zero_norm = torch.zeros((), dtype=torch.int64, device=dev)
         self._class_scatter: torch.Tensor | None = (
-            torch.zeros(num_classes, dim, dim, **f64) if self.track_class_scatter else None
+            torch.zeros(num_classes, dim, dim, dtype=f64, device=dev)
+            if self.track_class_scatter
+            else None
         )
         self._warned_empty: tuple[int, ...] | None = None
 
@@ -418,7 +420,10 @@ class FeatureStats:
         raise ValueError(f"within must be 'samples' or 'balanced', got {within!r}")
 
     def between_covariance(self, global_mean: GlobalMean = "samples") -> torch.Tensor:
-        r"""Between-class covariance :math:`\Sigma_B=\frac1K\sum_c(\mu_c-\mu_G)(\mu_c-\mu_G)^\top`."""
+        r"""Between-class covariance ``[D, D]``.
+
+        :math:`\Sigma_B=\frac1K\sum_c(\mu_c-\mu_G)(\mu_c-\mu_G)^\top` over present classes.
+        """
         mc = self.centered_means(global_mean)
         return mc.T @ mc / mc.shape[0]
 
@@ -457,8 +462,9 @@ class FeatureStats:
         return self.total_covariance()
 
     def class_variance(self, ddof: int = 0) -> torch.Tensor:
-        r"""Per-class variance :math:`\sigma_c^2=\frac1{n_c-\mathrm{ddof}}\sum_{i\in c}\|x_i-\mu_c\|^2`.
+        r"""Per-class variance ``[K]``.
 
+        :math:`\sigma_c^2=\frac1{n_c-\mathrm{ddof}}\sum_{i\in c}\|x_i-\mu_c\|^2`.
         Returns ``[K]``; classes with no samples are NaN-free zeros (check :attr:`present`),
         and a class with :math:`n_c \le` ``ddof`` has :math:`\sigma_c^2 = 0`.
         """
@@ -498,8 +504,9 @@ class FeatureStats:
         if state.get("version", _STATE_VERSION) != _STATE_VERSION:
             raise ValueError(f"unsupported FeatureStats state version {state.get('version')}")
         track = bool(state.get("track_class_scatter", False))
-        out = cls(int(state["num_classes"]), int(state["dim"]), device=device,
-                  track_class_scatter=track)
+        out = cls(
+            int(state["num_classes"]), int(state["dim"]), device=device, track_class_scatter=track
+        )
         keys = list(_TENSOR_KEYS) + (["class_scatter"] if track else [])
         for key in keys:
             if key not in state:
