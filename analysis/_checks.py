@@ -43,8 +43,14 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     )
 
 
-def check_features(features: Any, dim: int | None, name: str = "features") -> torch.Tensor:
-    """Validate a ``[B, D]`` floating-point batch (non-empty, finite, ``D == dim``)."""
+def check_features(
+    features: Any, dim: int | None, name: str = "features", *, finite: bool = True
+) -> torch.Tensor:
+    """Validate a ``[B, D]`` floating-point batch (non-empty, ``D == dim``, finite if asked).
+
+    ``finite=False`` leaves the NaN/Inf check to the caller (which may fold it into a pass it
+    makes anyway) — it must then call :func:`check_finite` before using the values.
+    """
     x = as_tensor(features, name)
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
@@ -54,7 +60,8 @@ def check_features(features: Any, dim: int | None, name: str = "features") -> to
         raise ValueError(f"{name} have dimension {x.shape[1]}, expected dim={dim}")
     if x.shape[0] == 0:
         raise ValueError(f"empty batch: {name} have shape {tuple(x.shape)}")
-    check_finite(x, name)
+    if finite:
+        check_finite(x, name)
     return x
 
 

@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 import torch
 
-from analysis._checks import check_features, check_labels
+from analysis._checks import check_features, check_finite, check_labels
 
 __all__ = ["EmptyClassWarning", "FeatureStats", "GlobalMean", "Within"]
 
@@ -132,6 +132,7 @@ class FeatureStats:
             else None
         )
         self._warned_empty: tuple[int, ...] | None = None
+        self._work: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ accumulation
     @torch.no_grad()
@@ -153,37 +154,58 @@ class FeatureStats:
             Wrong shape or dimension, empty batch, NaN/Inf in features, labels out of range.
             The state is unchanged after a rejected batch.
         """
-        x = check_features(features, self.dim)
-        y = check_labels(labels, x.shape[0], self.num_classes)
-        x = x.to(device=self.device, dtype=torch.float64)
+        x_in = check_features(features, self.dim, finite=False)
+        y = check_labels(labels, x_in.shape[0], self.num_classes)
         y = y.to(device=self.device, dtype=torch.int64)
+        b = x_in.shape[0]
+        # Two reusable [B, D] float64 work buffers: repeated 16 MB allocations (page faults)
+        # cost as much as the arithmetic on CPU. They are scratch space, not state.
+        x, g = self._workspace(b)
+        x.copy_(x_in)
+        norms = torch.linalg.vector_norm(x, dim=1)
+        if not bool(torch.isfinite(norms).all()):
+            check_finite(x_in, "features")  # raises with NaN/Inf counts and rows
+            amax = x.abs().amax(dim=1)  # finite but ‖x‖ overflowed: rescale
+            norms = amax * torch.linalg.vector_norm(x / amax.clamp(min=1e-300)[:, None], dim=1)
 
         classes, inverse = torch.unique(y, return_inverse=True)
         m = torch.bincount(inverse, minlength=classes.numel()).to(torch.float64)
         batch_means = torch.zeros(classes.numel(), self.dim, dtype=torch.float64, device=x.device)
         batch_means.index_add_(0, inverse, x).div_(m[:, None])
-        xc = x - batch_means[inverse]
-        batch_m2 = torch.zeros_like(m).index_add_(0, inverse, xc.square().sum(dim=1))
-
-        norms = torch.linalg.vector_norm(x, dim=1)
-        zero = norms == 0
-        xu = x / torch.where(zero, torch.ones_like(norms), norms)[:, None]
-        unit_means = torch.zeros_like(batch_means).index_add_(0, inverse, xu).div_(m[:, None])
-        uc = xu - unit_means[inverse]
-        unit_m2 = torch.zeros_like(m).index_add_(0, inverse, uc.square().sum(dim=1))
-
+        torch.index_select(batch_means, 0, inverse, out=g)
+        g.sub_(x)  # g = μ_b[y] − x: the batch centred on its own class means (sign irrelevant)
+        batch_m2 = torch.zeros_like(m).index_add_(
+            0, inverse, torch.linalg.vector_norm(g, dim=1).square()
+        )
+        scatter_b = g.T @ g
         class_scatter = None
         if self._class_scatter is not None:
             order = torch.argsort(inverse, stable=True)
-            blocks = torch.split(xc[order], [int(v) for v in m.tolist()])
-            class_scatter = torch.stack([b.T @ b for b in blocks])
+            blocks = torch.split(g[order], [int(v) for v in m.tolist()])
+            class_scatter = torch.stack([blk.T @ blk for blk in blocks])
+
+        zero = norms == 0
+        x.div_(torch.where(zero, torch.ones_like(norms), norms)[:, None])  # x is now x̂
+        unit_means = torch.zeros_like(batch_means).index_add_(0, inverse, x).div_(m[:, None])
+        torch.index_select(unit_means, 0, inverse, out=g)
+        g.sub_(x)
+        unit_m2 = torch.zeros_like(m).index_add_(
+            0, inverse, torch.linalg.vector_norm(g, dim=1).square()
+        )
 
         # Everything above is validated and computed; now merge into the state (Chan et al.).
         self._merge_classes(
-            classes, m, batch_means, xc.T @ xc, batch_m2, unit_means, unit_m2, class_scatter
+            classes, m, batch_means, scatter_b, batch_m2, unit_means, unit_m2, class_scatter
         )
         self._zero_norm += zero.sum()
         self._warned_empty = None
+
+    def _workspace(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = self._work
+        if buf is None or buf.shape[1] < rows:
+            buf = torch.empty(2, rows, self.dim, dtype=torch.float64, device=self.device)
+            self._work = buf
+        return buf[0, :rows], buf[1, :rows]
 
     def _merge_classes(
         self,
