@@ -158,9 +158,9 @@ class FeatureStats:
         y = check_labels(labels, x_in.shape[0], self.num_classes)
         y = y.to(device=self.device, dtype=torch.int64)
         b = x_in.shape[0]
-        # Two reusable [B, D] float64 work buffers: repeated 16 MB allocations (page faults)
-        # cost as much as the arithmetic on CPU. They are scratch space, not state.
-        x, g = self._workspace(b)
+        # Reusable [B, D] float64 work buffers: repeated 16 MB allocations (page faults) cost
+        # as much as the arithmetic on CPU. They are scratch space, not state.
+        x, g, h = self._workspace(b)
         x.copy_(x_in)
         norms = torch.linalg.vector_norm(x, dim=1)
         if not bool(torch.isfinite(norms).all()):
@@ -169,20 +169,40 @@ class FeatureStats:
             norms = amax * torch.linalg.vector_norm(x / amax.clamp(min=1e-300)[:, None], dim=1)
 
         classes, inverse = torch.unique(y, return_inverse=True)
-        m = torch.bincount(inverse, minlength=classes.numel()).to(torch.float64)
-        batch_means = torch.zeros(classes.numel(), self.dim, dtype=torch.float64, device=x.device)
+        u = classes.numel()
+        m = torch.bincount(inverse, minlength=u).to(torch.float64)
+        batch_means = torch.zeros(u, self.dim, dtype=torch.float64, device=x.device)
         batch_means.index_add_(0, inverse, x).div_(m[:, None])
-        torch.index_select(batch_means, 0, inverse, out=g)
-        g.sub_(x)  # g = μ_b[y] − x: the batch centred on its own class means (sign irrelevant)
-        batch_m2 = torch.zeros_like(m).index_add_(
-            0, inverse, torch.linalg.vector_norm(g, dim=1).square()
-        )
-        scatter_b = g.T @ g
+        # Chan's merge adds Σ_c w_c δ_c δ_cᵀ, a U×D² product: cheap for few classes per batch,
+        # as dear as the main GEMM when U ~ B (many classes). Then use the equivalent Welford
+        # form S += Σ_i (x_i − μ_old)(x_i − μ_new)ᵀ, one B×D² GEMM and one more pass.
+        welford = u * self.dim > 32 * b
+        if welford:
+            n = self._counts[classes].to(torch.float64)
+            old = torch.where((n > 0)[:, None], self._means[classes], batch_means)
+            new = old + (batch_means - old) * (m / (n + m))[:, None]
+            torch.index_select(old, 0, inverse, out=h)
+            h.sub_(x)  # μ_old[y] − x
+            torch.index_select(new, 0, inverse, out=g)
+            g.sub_(x)  # μ_new[y] − x
+            batch_m2 = torch.zeros_like(m).index_add_(0, inverse, torch.linalg.vecdot(h, g))
+            scatter_b = h.T @ g
+            scatter_b = (scatter_b + scatter_b.T).mul_(0.5)
+        else:
+            torch.index_select(batch_means, 0, inverse, out=g)
+            g.sub_(x)  # μ_b[y] − x: the batch centred on its own class means
+            h = g
+            batch_m2 = torch.zeros_like(m).index_add_(
+                0, inverse, torch.linalg.vector_norm(g, dim=1).square()
+            )
+            scatter_b = g.T @ g
         class_scatter = None
         if self._class_scatter is not None:
             order = torch.argsort(inverse, stable=True)
-            blocks = torch.split(g[order], [int(v) for v in m.tolist()])
-            class_scatter = torch.stack([blk.T @ blk for blk in blocks])
+            sizes = [int(v) for v in m.tolist()]
+            pairs = zip(torch.split(h[order], sizes), torch.split(g[order], sizes), strict=True)
+            class_scatter = torch.stack([a.T @ c for a, c in pairs])
+            class_scatter = (class_scatter + class_scatter.transpose(1, 2)).mul_(0.5)
 
         zero = norms == 0
         x.div_(torch.where(zero, torch.ones_like(norms), norms)[:, None])  # x is now x̂
@@ -195,17 +215,25 @@ class FeatureStats:
 
         # Everything above is validated and computed; now merge into the state (Chan et al.).
         self._merge_classes(
-            classes, m, batch_means, scatter_b, batch_m2, unit_means, unit_m2, class_scatter
+            classes,
+            m,
+            batch_means,
+            scatter_b,
+            batch_m2,
+            unit_means,
+            unit_m2,
+            class_scatter,
+            delta_included=welford,
         )
         self._zero_norm += zero.sum()
         self._warned_empty = None
 
-    def _workspace(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _workspace(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         buf = self._work
         if buf is None or buf.shape[1] < rows:
-            buf = torch.empty(2, rows, self.dim, dtype=torch.float64, device=self.device)
+            buf = torch.empty(3, rows, self.dim, dtype=torch.float64, device=self.device)
             self._work = buf
-        return buf[0, :rows], buf[1, :rows]
+        return buf[0, :rows], buf[1, :rows], buf[2, :rows]
 
     def _merge_classes(
         self,
@@ -217,20 +245,31 @@ class FeatureStats:
         unit_means_b: torch.Tensor,
         unit_m2_b: torch.Tensor,
         class_scatter_b: torch.Tensor | None,
+        *,
+        delta_included: bool = False,
     ) -> None:
-        """Chan-merge per-class statistics of a second sample (counts ``m``) into the state."""
+        """Chan-merge per-class statistics of a second sample (counts ``m``) into the state.
+
+        ``delta_included``: ``scatter_b``, ``m2_b`` and ``class_scatter_b`` already hold the
+        full increments (Welford form), so the mean-shift terms are not added again.
+        """
         n = self._counts[classes].to(torch.float64)
         total = n + m
         w = n * m / total  # 0 for classes seen for the first time
         delta = means_b - self._means[classes]
         udelta = unit_means_b - self._unit_means[classes]
         self._scatter += scatter_b
-        self._scatter.addmm_(delta.T, delta * w[:, None])
-        self._class_m2[classes] += m2_b + w * delta.square().sum(dim=1)
         self._unit_m2[classes] += unit_m2_b + w * udelta.square().sum(dim=1)
-        if self._class_scatter is not None and class_scatter_b is not None:
-            outer = delta[:, :, None] * (delta * w[:, None])[:, None, :]
-            self._class_scatter[classes] += class_scatter_b + outer
+        if delta_included:
+            self._class_m2[classes] += m2_b
+            if self._class_scatter is not None and class_scatter_b is not None:
+                self._class_scatter[classes] += class_scatter_b
+        else:
+            self._scatter.addmm_(delta.T, delta * w[:, None])
+            self._class_m2[classes] += m2_b + w * delta.square().sum(dim=1)
+            if self._class_scatter is not None and class_scatter_b is not None:
+                outer = delta[:, :, None] * (delta * w[:, None])[:, None, :]
+                self._class_scatter[classes] += class_scatter_b + outer
         ratio = (m / total)[:, None]
         self._means[classes] += delta * ratio
         self._unit_means[classes] += udelta * ratio

@@ -69,7 +69,7 @@ def test_analyze_npz_flat_layout(tmp_path):
 
 def test_digits_builtin_is_real_data():
     data = digits_feature_file()
-    x, y = data.splits["train"]
+    x, _ = data.splits["train"]
     assert x.shape[1] == 64 and data.num_classes == 10
     assert data.weight is not None and data.weight.shape == (10, 64)
     assert len(x) + len(data.splits["test"][0]) == 1797
