@@ -26,7 +26,7 @@ References
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -101,10 +101,52 @@ def _vectors(stats: FeatureStats, weight: Any, of: Of, global_mean: GlobalMean) 
     return v
 
 
-def _etf_target(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    r"""Centred simplex ETF Gram with unit Frobenius norm, :math:`(I-11^\top/K)/\sqrt{K-1}`."""
-    eye = torch.eye(k, dtype=dtype, device=device)
-    return (eye - 1.0 / k) / math.sqrt(k - 1)
+_BLOCK_ELEMENTS = 1 << 22  # entries of one K×K block held at a time (32 MiB in float64)
+
+
+def _row_blocks(k: int) -> Iterator[tuple[int, int]]:
+    """Row ranges such that a ``[rows, K]`` block stays under ``_BLOCK_ELEMENTS`` entries."""
+    step = max(1, _BLOCK_ELEMENTS // max(k, 1))
+    for start in range(0, k, step):
+        yield start, min(start + step, k)
+
+
+def _etf_block(start: int, stop: int, col: int, k: int, like: torch.Tensor) -> torch.Tensor:
+    r"""Block ``[start:stop, col:]`` of the unit-norm ETF Gram :math:`(I-11^\top/K)/\sqrt{K-1}`."""
+    block = torch.full((stop - start, k - col), -1.0 / k, dtype=like.dtype, device=like.device)
+    block.diagonal(offset=start - col).add_(1.0)
+    return block / math.sqrt(k - 1)
+
+
+def _symmetric_sum(block: torch.Tensor) -> float:
+    """Sum over a symmetric matrix from its upper row block ``[r, K-start]`` (see callers).
+
+    The leading ``[r, r]`` square holds both halves of its part; the rest stands for itself
+    and its mirror image below the diagonal.
+    """
+    r = block.shape[0]
+    return float(block[:, :r].sum()) + 2.0 * float(block[:, r:].sum())
+
+
+def _distance_to_etf_gram(a: torch.Tensor, b: torch.Tensor) -> float:
+    r""":math:`\|G/\|G\|_F - (I-11^\top/K)/\sqrt{K-1}\|_F` for :math:`G = AB^\top` ``[K, K]``.
+
+    :math:`\|G\|_F^2 = \langle A^\top A, B^\top B\rangle` is formed in :math:`D\times D`, then
+    the difference is summed over row blocks of :math:`G`, so no :math:`K\times K` matrix is held
+    (K = 32768 would need 8.6 GB).
+    """
+    k = a.shape[0]
+    norm = math.sqrt(max(float((a.T @ a * (b.T @ b)).sum()), 0.0))
+    if norm == 0:
+        raise ValueError("the Gram matrix is zero")
+    total = 0.0
+    symmetric = a is b
+    for start, stop in _row_blocks(k):
+        col = start if symmetric else 0  # a symmetric G needs only its upper blocks
+        g = a[start:stop] @ b[col:].T / norm
+        diff = (g - _etf_block(start, stop, col, k, g)).square_()
+        total += _symmetric_sum(diff) if symmetric else float(diff.sum())
+    return math.sqrt(max(total, 0.0))
 
 
 def _pinv_sym(a: torch.Tensor) -> torch.Tensor:
@@ -121,17 +163,17 @@ def _pinv_sym(a: torch.Tensor) -> torch.Tensor:
 
 
 def _pair_sq_dists(mu: torch.Tensor, sq: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Squared distances between rows ``start:stop`` of ``mu`` and all rows, ``[stop-start, K]``.
+    """Squared distances from rows ``start:stop`` of ``mu`` to rows ``start:``, ``[r, K-start]``.
 
     Uses the Gram form, then recomputes by direct differences the pairs where it cancels
     (distance² below 1e-4 of ‖a‖² + ‖b‖², relative error otherwise ≤ ~1e-12).
     """
-    scale = sq[start:stop, None] + sq[None, :]
-    d2 = (scale - 2.0 * mu[start:stop] @ mu.T).clamp(min=0)
+    scale = sq[start:stop, None] + sq[None, start:]
+    d2 = (scale - 2.0 * mu[start:stop] @ mu[start:].T).clamp(min=0)
     r, c = torch.nonzero(d2 <= 1e-4 * scale, as_tuple=True)
     for i in range(0, r.numel(), 1 << 16):
         rr, cc = r[i : i + (1 << 16)], c[i : i + (1 << 16)]
-        d2[rr, cc] = (mu[rr + start] - mu[cc]).square().sum(1)
+        d2[rr, cc] = (mu[rr + start] - mu[cc + start]).square().sum(1)
     return d2
 
 
@@ -219,11 +261,6 @@ def equinorm(
     return float(norms.std(correction=ddof) / norms.mean())
 
 
-def _cosines(v: torch.Tensor) -> torch.Tensor:
-    u = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
-    return u @ u.T
-
-
 def equiangularity(
     stats: FeatureStats,
     weight: Any = None,
@@ -243,14 +280,23 @@ def equiangularity(
     :func:`equinorm`.
     """
     v = _vectors(stats, weight, of, global_mean)
+    if reduction not in ("mean_abs", "std"):
+        raise ValueError(f"reduction must be 'mean_abs' or 'std', got {reduction!r}")
     k = v.shape[0]
-    cos = _cosines(v)
-    off = cos[~torch.eye(k, dtype=torch.bool, device=cos.device)]
+    u = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    # Off-diagonal cosines shifted by the ETF value, summed over row blocks (no K×K matrix):
+    # the shift keeps the sums small near an ETF, so the std needs no cancelling subtraction.
+    s_abs = s_1 = s_2 = 0.0
+    for start, stop in _row_blocks(k):  # upper blocks only: the cosine matrix is symmetric
+        shifted = u[start:stop] @ u[start:].T + 1.0 / (k - 1)
+        shifted.diagonal().zero_()
+        s_1 += _symmetric_sum(shifted)
+        s_2 += _symmetric_sum(shifted.square())
+        s_abs += _symmetric_sum(shifted.abs_())
+    n = k * (k - 1)
     if reduction == "mean_abs":
-        return float((off + 1.0 / (k - 1)).abs().mean())
-    if reduction == "std":
-        return float(off.std()) if off.numel() > 1 else 0.0
-    raise ValueError(f"reduction must be 'mean_abs' or 'std', got {reduction!r}")
+        return s_abs / n
+    return math.sqrt(max(s_2 - s_1 * s_1 / n, 0.0) / (n - 1)) if n > 1 else 0.0
 
 
 def etf_error(
@@ -270,9 +316,7 @@ def etf_error(
     0 exactly when the rows form a simplex ETF up to a common scale.
     """
     v = _vectors(stats, weight, of, global_mean)
-    g = v @ v.T
-    target = _etf_target(g.shape[0], g.dtype, g.device)
-    return float(torch.linalg.matrix_norm(g / torch.linalg.matrix_norm(g) - target))
+    return _distance_to_etf_gram(v, v)
 
 
 # ---------------------------------------------------------------------------- NC3
@@ -303,9 +347,7 @@ def self_duality(
         )
         return float(d.square() if squared else d)
     if variant == "wh":
-        wh = w @ m.T
-        target = _etf_target(wh.shape[0], wh.dtype, wh.device)
-        return float(torch.linalg.matrix_norm(wh / torch.linalg.matrix_norm(wh) - target))
+        return _distance_to_etf_gram(w, m)
     if variant == "cosine":
         cos = torch.nn.functional.cosine_similarity(w, m, dim=1, eps=0.0)
         return float((1.0 - cos).mean())
@@ -341,19 +383,18 @@ def cdnv(stats: FeatureStats, *, exponent: Literal[1, 2] = 1, ddof: int = 0) -> 
     mu = mu - mu.mean(0)
     var = stats.class_variance(ddof)[idx]
     sq = mu.square().sum(1)
-    cols = torch.arange(k, device=mu.device)
     total = 0.0
-    block = max(1, min(k, (1 << 24) // k))
-    for start in range(0, k, block):
-        stop = min(start + block, k)
+    for start, stop in _row_blocks(k):
+        # pairs c < c′ only: columns from `start`, lower triangle of the leading square masked
         d2 = _pair_sq_dists(mu, sq, start, stop)
-        upper = cols[None, :] > cols[start:stop, None]
-        if bool((d2[upper] == 0).any()):
-            r, c = torch.nonzero(upper & (d2 == 0), as_tuple=True)
-            pair = (int(idx[int(r[0]) + start]), int(idx[int(c[0])]))
+        lower = torch.ones(stop - start, stop - start, dtype=torch.bool, device=mu.device).tril()
+        d2[:, : stop - start].masked_fill_(lower, math.inf)
+        if bool((d2 == 0).any()):
+            r, c = torch.nonzero(d2 == 0, as_tuple=True)
+            pair = (int(idx[int(r[0]) + start]), int(idx[int(c[0]) + start]))
             raise ValueError(f"cdnv: the means of classes {pair} coincide")
-        num = var[start:stop, None] + var[None, :]
-        total += float((num / (2.0 * d2.pow(exponent)))[upper].sum())
+        num = var[start:stop, None] + var[None, start:]
+        total += float((num / d2.pow_(exponent)).sum()) / 2.0
     return total / (k * (k - 1) / 2)
 
 
@@ -374,8 +415,9 @@ def etf_distance(stats: FeatureStats, *, global_mean: GlobalMean = "samples") ->
     stats = _check_stats(stats)
     m = _vectors(stats, None, "means", global_mean)
     y = m.T / torch.linalg.matrix_norm(m)
-    e = _etf_target(m.shape[0], m.dtype, m.device)
-    return max(0.0, 2.0 - 2.0 * _nuclear_norm(y @ e))
+    # Y E = Y (I − 11ᵀ/K)/√(K−1): subtract the row means, no K×K matrix.
+    ye = (y - y.mean(dim=1, keepdim=True)) / math.sqrt(m.shape[0] - 1)
+    return max(0.0, 2.0 - 2.0 * _nuclear_norm(ye))
 
 
 def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
