@@ -202,7 +202,9 @@ def nc1(
         Class statistics.
     variant : {"papyan", "quotient", "vci"}
         ``"papyan"`` (default, Papyan et al. 2020 [1]_): the formula above, :math:`\Sigma_B^+`
-        by an eigh pseudo-inverse (no truncated SVD, so :math:`K-1\ge D` works).
+        by an eigh pseudo-inverse (no truncated SVD, so :math:`K-1\ge D` works). The authors'
+        Colab notebook inverts :math:`\Sigma_B` with ``scipy.sparse.linalg.svds(k=K-1)``,
+        which needs :math:`K-1 < D`; on full-rank cases both agree.
         ``"quotient"`` (Tirer et al. 2023 [3]_): :math:`\operatorname{Tr}\Sigma_W /
         \operatorname{Tr}\Sigma_B`. ``"vci"`` (variability collapse index, Xu & Liu 2023
         [4]_): :math:`1-\operatorname{Tr}((\Sigma_W+\Sigma_B)^{+}\Sigma_B)/\min(D, K-1)`.
@@ -211,8 +213,9 @@ def nc1(
     global_mean : {"samples", "classes"}
         :math:`\mu_G` used in :math:`\Sigma_B`.
     divide_by_classes : bool, default True
-        ``False`` drops the :math:`1/K` of ``"papyan"`` (the form of the Papyan et al. Colab
-        notebook). Ignored by the other variants.
+        ``False`` drops the :math:`1/K` of ``"papyan"``, reproducing the number printed by the
+        Papyan et al. Colab notebook (which computes ``trace(Sw @ inv_Sb)`` without the
+        :math:`1/K` of the paper's formula). Ignored by the other variants.
 
     Returns
     -------
@@ -275,9 +278,10 @@ def equiangularity(
 
     .. math:: \frac{1}{K(K-1)}\sum_{c\ne c'} \left|\cos(u_c, u_{c'}) + \tfrac{1}{K-1}\right|
 
-    ``reduction="std"`` (Papyan et al. Fig. 3 "equiangularity"): the standard deviation
-    (``ddof=1``) of the :math:`K(K-1)` off-diagonal cosines. :math:`u_c` as in
-    :func:`equinorm`.
+    ``reduction="std"`` (Papyan et al. Fig. 3 "equiangularity", as in their notebook's
+    ``cos[mask].std()``): the standard deviation (``ddof=1``) of the :math:`K(K-1)` off-diagonal
+    cosines. :math:`u_c` as in :func:`equinorm`. Pairs are summed over upper row blocks of
+    the cosine matrix, so no :math:`K\times K` matrix is held.
     """
     v = _vectors(stats, weight, of, global_mean)
     if reduction not in ("mean_abs", "std"):
@@ -333,7 +337,8 @@ def self_duality(
     ``variant="papyan"`` (default, Papyan et al. 2020 [1]_):
     :math:`\| W/\|W\|_F - M_c/\|M_c\|_F \|_F^2` (``squared=False`` drops the square).
 
-    ``variant="wh"`` (Zhu et al. 2021 [2]_ ":math:`\mathcal{NC}_3`"):
+    ``variant="wh"`` (Zhu et al. 2021 [2]_ ":math:`\mathcal{NC}_3`", the ``compute_W_H_relation``
+    metric of their public code):
     :math:`\| WM_c^\top/\|WM_c^\top\|_F - (I - \tfrac1K 11^\top)/\sqrt{K-1} \|_F`.
 
     ``variant="cosine"``: :math:`\frac1K\sum_c 1 - \cos(w_c, \mu_c - \mu_G)`.
@@ -364,7 +369,8 @@ def cdnv(stats: FeatureStats, *, exponent: Literal[1, 2] = 1, ddof: int = 0) -> 
         \frac{\sigma_c^2 + \sigma_{c'}^2}{2\,\|\mu_c - \mu_{c'}\|^{2\cdot\mathrm{exponent}}}
 
     ``exponent=1`` (default) is the paper's definition (squared distance);
-    ``exponent=2`` divides by :math:`\|\cdot\|^4`, the form of some reference code.
+    ``exponent=2`` divides by :math:`\|\cdot\|^4`, a form found in some public
+    reimplementations (it is not scale invariant: it scales as :math:`1/\text{scale}^2`).
     :math:`\sigma_c^2` uses ``ddof``. Pair distances are computed in blocks of rows from the
     centred means, so :math:`K = 32768` needs no :math:`K\times K` matrix.
 
