@@ -278,10 +278,10 @@ def equiangularity(
 
     .. math:: \frac{1}{K(K-1)}\sum_{c\ne c'} \left|\cos(u_c, u_{c'}) + \tfrac{1}{K-1}\right|
 
-    ``reduction="std"`` (Papyan et al. Fig. 3 "equiangularity", as in their notebook's
-    ``cos[mask].std()``): the standard deviation (``ddof=1``) of the :math:`K(K-1)` off-diagonal
-    cosines. :math:`u_c` as in :func:`equinorm`. Pairs are summed over upper row blocks of
-    the cosine matrix, so no :math:`K\times K` matrix is held.
+    ``reduction="std"`` (Papyan et al. Fig. 3 "equiangularity", the std of the cosines
+    as their notebook plots it): the standard deviation (``ddof=1``) of the :math:`K(K-1)`
+    off-diagonal cosines. :math:`u_c` as in :func:`equinorm`. Pairs are summed over upper
+    row blocks of the cosine matrix, so no :math:`K\times K` matrix is held.
     """
     v = _vectors(stats, weight, of, global_mean)
     if reduction not in ("mean_abs", "std"):
