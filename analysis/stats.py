@@ -186,8 +186,7 @@ class FeatureStats:
             torch.index_select(new, 0, inverse, out=g)
             g.sub_(x)  # μ_new[y] − x
             batch_m2 = torch.zeros_like(m).index_add_(0, inverse, torch.linalg.vecdot(h, g))
-            scatter_b = h.T @ g
-            scatter_b = (scatter_b + scatter_b.T).mul_(0.5)
+            scatter_b = h.T @ g  # symmetric up to round-off; symmetrised when read
         else:
             torch.index_select(batch_means, 0, inverse, out=g)
             g.sub_(x)  # μ_b[y] − x: the batch centred on its own class means
@@ -202,7 +201,6 @@ class FeatureStats:
             sizes = [int(v) for v in m.tolist()]
             pairs = zip(torch.split(h[order], sizes), torch.split(g[order], sizes), strict=True)
             class_scatter = torch.stack([a.T @ c for a, c in pairs])
-            class_scatter = (class_scatter + class_scatter.transpose(1, 2)).mul_(0.5)
 
         zero = norms == 0
         x.div_(torch.where(zero, torch.ones_like(norms), norms)[:, None])  # x is now x̂
@@ -411,7 +409,12 @@ class FeatureStats:
     @property
     def within_scatter(self) -> torch.Tensor:
         r"""Pooled within-class scatter :math:`\sum_i (x_i-\mu_{y_i})(x_i-\mu_{y_i})^\top`."""
-        return self._scatter.clone()
+        return self._symmetric_scatter()
+
+    def _symmetric_scatter(self) -> torch.Tensor:
+        # The Welford-form update adds (x−μ_old)ᵀ(x−μ_new), symmetric only up to round-off;
+        # symmetrising once when read is cheaper than once per batch (a strided D×D pass).
+        return (self._scatter + self._scatter.T) / 2
 
     def _require_data(self) -> None:
         if int(self._counts.sum()) == 0:
@@ -469,7 +472,7 @@ class FeatureStats:
         """
         idx = self.present_classes()
         if within == "samples":
-            return self._scatter / self.num_samples
+            return self._symmetric_scatter() / self.num_samples
         if within == "balanced":
             if self._class_scatter is None:
                 raise ValueError(
@@ -477,7 +480,8 @@ class FeatureStats:
                     "FeatureStats with track_class_scatter=True"
                 )
             n = self._counts[idx].to(torch.float64)
-            return (self._class_scatter[idx] / n[:, None, None]).mean(0)
+            cov = (self._class_scatter[idx] / n[:, None, None]).mean(0)
+            return (cov + cov.T) / 2
         raise ValueError(f"within must be 'samples' or 'balanced', got {within!r}")
 
     def between_covariance(self, global_mean: GlobalMean = "samples") -> torch.Tensor:
@@ -499,7 +503,7 @@ class FeatureStats:
         n = self._counts[idx].to(torch.float64)
         mu = self.global_mean_of("samples")
         d = self._means[idx] - mu
-        total = (self._scatter + d.T @ (d * n[:, None])) / n.sum()
+        total = (self._symmetric_scatter() + d.T @ (d * n[:, None])) / n.sum()
         if global_mean == "classes":
             s = mu - self.global_mean_of("classes")
             total = total + torch.outer(s, s)
