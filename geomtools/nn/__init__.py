@@ -1,0 +1,5 @@
+"""Layers: covariance pooling (GCP) and whitening (IterNorm)."""
+
+from geomtools.nn.covpool import CovariancePooling
+
+__all__ = ["CovariancePooling"]
