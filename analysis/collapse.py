@@ -290,17 +290,28 @@ def equiangularity(
     u = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
     # Off-diagonal cosines shifted by the ETF value, summed over row blocks (no K×K matrix):
     # the shift keeps the sums small near an ETF, so the std needs no cancelling subtraction.
-    s_abs = s_1 = s_2 = 0.0
-    for start, stop in _row_blocks(k):  # upper blocks only: the cosine matrix is symmetric
-        shifted = u[start:stop] @ u[start:].T + 1.0 / (k - 1)
-        shifted.diagonal().zero_()
-        s_1 += _symmetric_sum(shifted)
-        s_2 += _symmetric_sum(shifted.square())
-        s_abs += _symmetric_sum(shifted.abs_())
     n = k * (k - 1)
+
+    def shifted_blocks() -> Iterator[torch.Tensor]:
+        # cosines + 1/(K−1), upper row blocks only (the matrix is symmetric), diagonal zeroed
+        for start, stop in _row_blocks(k):
+            block = u[start:stop] @ u[start:].T + 1.0 / (k - 1)
+            block.diagonal().zero_()
+            yield block
+
     if reduction == "mean_abs":
-        return s_abs / n
-    return math.sqrt(max(s_2 - s_1 * s_1 / n, 0.0) / (n - 1)) if n > 1 else 0.0
+        return sum(_symmetric_sum(b.abs_()) for b in shifted_blocks()) / n
+    if n < 2:
+        return 0.0
+    # two passes (mean, then squared deviations): a one-pass Σc² − (Σc)²/n cancels when the
+    # cosines cluster away from −1/(K−1), e.g. raw classifier rows sharing a component
+    mean = sum(_symmetric_sum(b) for b in shifted_blocks()) / n
+    sq = 0.0
+    for b in shifted_blocks():
+        b.sub_(mean)
+        b.diagonal().zero_()
+        sq += _symmetric_sum(b.square_())
+    return math.sqrt(sq / (n - 1))
 
 
 def etf_error(
@@ -433,7 +444,10 @@ def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"similarity must be positive semi-definite; smallest eigenvalue {float(evals[0]):.3e}"
         )
-    return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+    # eigenvalues at round-off level are the exact zeros of a singular S (e.g. a HAFrame on
+    # its PSD boundary): dropping them avoids √(1e-16) ≈ 1e-8 errors in S^{1/2}
+    kept = torch.where(evals > tol, evals, torch.zeros_like(evals))
+    return (evecs * kept.sqrt()) @ evecs.T
 
 
 def frame_distance(
