@@ -125,27 +125,27 @@ def _ns_reverse(
 
 
 class _NewtonSchulz(torch.autograd.Function):
-    """Coupled Newton–Schulz root (``inverse=False``) or inverse root, manual backward."""
+    """Coupled Newton–Schulz root (``inverse=False``) or inverse root, manual backward.
+
+    The forward keeps the iterates (as autograd would), so the reverse pass costs six
+    matrix products per iteration and never re-runs the forward.
+    """
 
     @staticmethod
-    def forward(a: torch.Tensor, iters: int, inverse: bool) -> torch.Tensor:
+    def forward(ctx: Any, a: torch.Tensor, iters: int, inverse: bool) -> torch.Tensor:
         tr = _trace(a)[..., None, None]
-        y, z, _ = _ns_iterate(a / tr, iters, keep=False)
+        y, z, history = _ns_iterate(a / tr, iters, keep=True)
+        flat = [m for pair in history for m in pair]
+        ctx.save_for_backward(a, y, z, *flat)
+        ctx.inverse = inverse
         return z / tr.sqrt() if inverse else y * tr.sqrt()
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        a, iters, inverse = inputs
-        ctx.save_for_backward(a)
-        ctx.iters, ctx.inverse = iters, inverse
-
-    @staticmethod
     def backward(ctx: Any, g_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        (a,) = ctx.saved_tensors
+        a, y, z, *flat = ctx.saved_tensors
+        history = list(zip(flat[::2], flat[1::2], strict=True))
         tr = _trace(a)[..., None, None]
         root = tr.sqrt()
-        a_n = a / tr
-        y, z, history = _ns_iterate(a_n, ctx.iters, keep=True)
         eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
         if ctx.inverse:  # out = Z_N / √t
             g_an = _ns_reverse(history, torch.zeros_like(y), g_out / root)
