@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from analysis.collapse import collapse_metrics, ncc_mismatch
 from analysis.io import FeatureFile, load_feature_file, write_csv, write_json
+from analysis.spectrum import spectrum_metrics
 from analysis.stats import FeatureStats
 
 __all__ = ["analyze", "digits_feature_file", "main"]
@@ -93,7 +94,10 @@ def analyze(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Compute :func:`~analysis.collapse.collapse_metrics` for every split of ``data``.
+    """Compute every collapse and spectrum metric for every split of ``data``.
+
+    Keys are those of :func:`~analysis.collapse.collapse_metrics` and
+    :func:`~analysis.spectrum.spectrum_metrics`.
 
     NC4 (``ncc_mismatch``) uses the class means of the ``train`` split when there is one
     (Papyan et al. 2020), else each split's own means.
@@ -113,6 +117,7 @@ def analyze(
     rows: list[dict[str, Any]] = []
     for name, split_stats in stats.items():
         metrics = collapse_metrics(split_stats, data.weight, data.bias)
+        metrics.update(spectrum_metrics(split_stats))
         if data.weight is not None:
             means = stats.get("train", split_stats)
             x = data.splits[name][0]

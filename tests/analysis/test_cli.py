@@ -8,6 +8,7 @@ import torch
 from analysis.cli import analyze, digits_feature_file, main
 from analysis.collapse import collapse_metrics, ncc_mismatch
 from analysis.io import atomic_write_text, load_feature_file
+from analysis.spectrum import spectrum_metrics
 from analysis.stats import FeatureStats
 
 
@@ -42,6 +43,7 @@ def test_analyze_pt_file_matches_api(tmp_path):
     test = FeatureStats(4, 6)
     test.update(x[120:], y[120:])
     expected = collapse_metrics(test, w, b)
+    expected.update(spectrum_metrics(test))
     expected["ncc_mismatch"] = ncc_mismatch(x[120:], w, b, train_stats=train)
     got = summary["metrics"]["test"]
     assert set(got) == set(expected)
@@ -63,7 +65,7 @@ def test_analyze_npz_flat_layout(tmp_path):
     got = {r["metric"]: r["value"] for r in rows}
     stats = FeatureStats(4, 6)
     stats.update(x, y)
-    assert got == pytest.approx(collapse_metrics(stats), rel=1e-12)
+    assert got == pytest.approx(collapse_metrics(stats) | spectrum_metrics(stats), rel=1e-12)
     assert {r["split"] for r in rows} == {"all"}
 
 
