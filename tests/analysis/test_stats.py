@@ -357,7 +357,7 @@ def test_near_collapse_accuracy_beats_raw_moments() -> None:
 def test_near_collapse_both_update_paths(num_classes: int, batch: int) -> None:
     """Few classes per batch take Chan's mean-shift form, many take the Welford form."""
     rng = np.random.default_rng(7)
-    dim, n, sigma = 16, 12000, 1e-3
+    dim, n, sigma = 16, 6000, 1e-3
     centres = rng.standard_normal((num_classes, dim))
     centres *= 50.0 / np.linalg.norm(centres, axis=1, keepdims=True)
     y = rng.integers(0, num_classes, size=n).astype(np.int64)
