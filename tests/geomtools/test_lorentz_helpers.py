@@ -1,0 +1,108 @@
+"""geomtools.manifolds.lorentz: centroid, expmap, project, minkowski_inner."""
+
+from __future__ import annotations
+
+import geoopt
+import pytest
+import torch
+
+from geomtools.manifolds import lorentz
+
+F64 = torch.float64
+KS = [0.5, 1.0, 2.0]
+
+
+def _points(k: float, *shape: int, seed: int = 0, scale: float = 1.5) -> torch.Tensor:
+    man = geoopt.Lorentz(k=torch.tensor(k, dtype=F64))
+    g = torch.Generator().manual_seed(seed)
+    o = man.origin(*shape, dtype=F64)
+    return man.expmap0(man.proju(o, scale * torch.randn(*shape, generator=g, dtype=F64)))
+
+
+@pytest.mark.parametrize("k", KS)
+def test_centroid_on_hyperboloid_and_of_one_point(k: float) -> None:
+    x = _points(k, 4, 6, 5)
+    c = lorentz.centroid(x, k)
+    torch.testing.assert_close(lorentz.minkowski_inner(c, c), torch.full((4,), -k, dtype=F64))
+    assert bool((c[..., 0] > 0).all())
+    torch.testing.assert_close(lorentz.centroid(x[:, :1], k), x[:, 0], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_centroid_minimises_squared_lorentzian_distance(k: float) -> None:
+    # Law et al. 2019: c minimises sum_i w_i ||x_i - c||_L^2 = sum_i w_i (-2k - 2<x_i, c>_L)
+    x = _points(k, 7, 4, seed=1)
+    w = torch.rand(7, generator=torch.Generator().manual_seed(2), dtype=F64)
+    c = lorentz.centroid(x, k, w)
+
+    def cost(y: torch.Tensor) -> torch.Tensor:
+        return (w * (-2 * k - 2 * lorentz.minkowski_inner(x, y))).sum()
+
+    base = cost(c)
+    for other in _points(k, 50, 4, seed=3, scale=0.3):
+        # perturb c along random geodesics: the cost never drops
+        moved = lorentz.centroid(torch.stack([c, other]), k, torch.tensor([0.9, 0.1], dtype=F64))
+        assert float(cost(moved)) >= float(base) - 1e-12
+
+
+@pytest.mark.parametrize("k", KS)
+def test_two_point_centroid_lies_on_geodesic(k: float) -> None:
+    man = geoopt.Lorentz(k=torch.tensor(k, dtype=F64))
+    x, y = _points(k, 2, 5, seed=4)
+    for t in (0.1, 0.5, 0.9):
+        c = lorentz.centroid(torch.stack([x, y]), k, torch.tensor([1 - t, t], dtype=F64))
+        torch.testing.assert_close(man.dist(x, c) + man.dist(c, y), man.dist(x, y))
+    # equal weights: the midpoint
+    c = lorentz.centroid(torch.stack([x, y]), k)
+    torch.testing.assert_close(man.dist(x, c), man.dist(c, y))
+
+
+def test_centroid_errors() -> None:
+    x = _points(1.0, 3, 4)
+    with pytest.raises(ValueError, match="non-negative"):
+        lorentz.centroid(x, 1.0, torch.tensor([1.0, -0.5, 1.0], dtype=F64))
+    with pytest.raises(ValueError, match="sum to zero"):
+        lorentz.centroid(x, 1.0, torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match="N = 3"):
+        lorentz.centroid(x, 1.0, torch.ones(2, dtype=F64))
+    with pytest.raises(ValueError, match="positive"):
+        lorentz.centroid(x, -1.0)
+    bad = x.clone()
+    bad[0, 1] = float("nan")
+    with pytest.raises(ValueError, match="1 non-finite"):
+        lorentz.centroid(bad, 1.0)
+    with pytest.raises(TypeError, match="float"):
+        lorentz.centroid(torch.ones(3, 4, dtype=torch.int64), 1.0)
+
+
+def test_centroid_half_precision_computed_in_float32() -> None:
+    x = _points(1.0, 5, 4).to(torch.bfloat16)
+    c = lorentz.centroid(x, 1.0)
+    assert c.dtype == torch.bfloat16
+    ref = lorentz.centroid(x.double(), 1.0)
+    torch.testing.assert_close(c.double(), ref, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_expmap_exact_at_zero_and_agrees_with_geoopt(k: float) -> None:
+    man = geoopt.Lorentz(k=torch.tensor(k, dtype=F64))
+    x = _points(k, 6, 5, seed=5, scale=0.5)
+    assert torch.equal(lorentz.expmap(x, torch.zeros_like(x), k), lorentz.project(x, k))
+    torch.testing.assert_close(lorentz.project(x, k), x, rtol=0, atol=1e-13)
+    g = torch.Generator().manual_seed(6)
+    u = man.proju(x, torch.randn(6, 5, generator=g, dtype=F64))
+    for s in (1e-7, 1e-5, 1e-3, 0.5, 2.0):
+        y = lorentz.expmap(x, s * u, k)
+        if s <= 1e-3:  # arccosh near 1 loses half the digits: distance from the chord,
+            # d = 2 sqrt(k) asinh(|y - x|_L / (2 sqrt(k)))
+            chord = lorentz.minkowski_inner(y - x, y - x).sqrt()
+            dist = 2 * k**0.5 * torch.asinh(chord / (2 * k**0.5))
+        else:  # the chord cancels badly far out: arccosh is accurate there
+            dist = man.dist(x, y)
+        # (the chord of a 1e-7 step carries ~1e-16 |x| of rounding: atol 1e-14)
+        torch.testing.assert_close(dist, s * man.norm(u), rtol=1e-9, atol=1e-14)
+        if s >= 1e-3:  # geoopt clamps |u|_L^2 at 1e-8 below that
+            torch.testing.assert_close(y, man.expmap(x, s * u), rtol=1e-12, atol=1e-12)
+    # geoopt's own expmap moves a point under a zero step by cosh(1e-4 / sqrt k) - 1 ~ 5e-9/k
+    drift = (man.expmap(x, torch.zeros_like(x)) - x)[..., 1:].abs() / x[..., 1:].abs()
+    assert float(drift.max()) == pytest.approx(5e-9 / k, rel=1e-3)
