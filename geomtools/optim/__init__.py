@@ -1,0 +1,5 @@
+"""Riemannian optimisers that complement geoopt's."""
+
+from geomtools.optim.adamw import RiemannianAdamW
+
+__all__ = ["RiemannianAdamW"]
