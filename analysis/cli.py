@@ -1,17 +1,25 @@
 """Command-line interface: ``geomtools``.
 
-``geomtools analyze FILE`` streams a feature file (see :mod:`analysis.io` for the format)
-through :class:`~analysis.stats.FeatureStats` and writes every neural-collapse metric, per
-split, as a tidy table (``metrics.csv``: source, split, metric, value) and as JSON
-(``metrics.json``), both written atomically. ``geomtools analyze --digits`` runs the same on
-scikit-learn's bundled handwritten digits (pixel features and a fitted multinomial logistic
-regression as classifier), so it works on a fresh machine with no download.
+Subcommands (each has ``--help``):
+
+* ``geomtools demo [--out DIR]`` — train small models with several heads on the bundled
+  digits data, analyse every checkpoint, write the report and every figure
+  (:mod:`analysis.demo`);
+* ``geomtools analyze CHECKPOINT_OR_DIR... --model module:fn --data module:fn`` — the same
+  analysis for your checkpoints (:mod:`analysis.extract`); runs under ``torchrun`` with the
+  data sharded by rank;
+* ``geomtools features FILE`` (or ``--digits``) — precomputed features and labels
+  (``.pt``/``.npz``, see :mod:`analysis.io`) → the same report;
+* ``geomtools plot REPORT [--out DIR]`` — render the figures of a report;
+* ``geomtools frame HIERARCHY --gamma G --dim D`` — write a HAFrame for an is-a hierarchy.
+
+Errors (missing files, bad module paths, wrong shapes) are one line on stderr, exit code 2,
+and nothing half-written: every output goes through a temporary file and a rename.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis.collapse import collapse_metrics, ncc_mismatch
-from analysis.io import FeatureFile, load_feature_file, write_csv, write_json
+from analysis.io import FeatureFile, load_feature_file
+from analysis.report import Report
 from analysis.spectrum import spectrum_metrics
 from analysis.stats import FeatureStats
 
-__all__ = ["analyze", "digits_feature_file", "main"]
+__all__ = ["analyze_features", "digits_feature_file", "main"]
 
 
 def digits_feature_file(*, test_size: float = 0.3, seed: int = 0) -> FeatureFile:
@@ -87,13 +96,13 @@ def _accumulate(
     return stats
 
 
-def analyze(
+def analyze_features(
     data: FeatureFile,
     *,
     batch_size: int = 4096,
     device: str | torch.device = "cpu",
     progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> dict[str, dict[str, float]]:
     """Compute every collapse and spectrum metric for every split of ``data``.
 
     Keys are those of :func:`~analysis.collapse.collapse_metrics` and
@@ -104,8 +113,8 @@ def analyze(
 
     Returns
     -------
-    list of dict
-        Tidy rows ``{"source", "split", "metric", "value"}``.
+    dict
+        ``metrics[split][key] = float``.
     """
     dev = torch.device(device)
     stats = {
@@ -114,7 +123,7 @@ def analyze(
         )
         for name, (x, y) in data.splits.items()
     }
-    rows: list[dict[str, Any]] = []
+    out: dict[str, dict[str, float]] = {}
     for name, split_stats in stats.items():
         metrics = collapse_metrics(split_stats, data.weight, data.bias)
         metrics.update(spectrum_metrics(split_stats))
@@ -125,9 +134,8 @@ def analyze(
             metrics["ncc_mismatch"] = ncc_mismatch(
                 batches, data.weight, data.bias, train_stats=means
             )
-        for metric, value in metrics.items():
-            rows.append({"source": data.source, "split": name, "metric": metric, "value": value})
-    return rows
+        out[name] = metrics
+    return out
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
@@ -144,24 +152,165 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print(m.ljust(width) + "".join(cells))
 
 
-def _cmd_analyze(args: argparse.Namespace) -> int:
+def _cmd_features(args: argparse.Namespace) -> int:
     if args.digits == (args.file is not None):
-        raise SystemExit("geomtools analyze: give either a feature FILE or --digits")
+        raise ValueError("geomtools features: give either a feature FILE or --digits")
     data = digits_feature_file() if args.digits else load_feature_file(args.file)
-    rows = analyze(
+    metrics = analyze_features(
         data, batch_size=args.batch_size, device=args.device, progress=not args.no_progress
     )
-    bad = [r for r in rows if not math.isfinite(r["value"])]
-    if bad:
-        raise ValueError(f"non-finite metric values: {bad}")
+    name = "digits" if args.digits else Path(args.file).stem
+    report = Report()
+    for split, m in metrics.items():
+        report.add(run=args.run or name, checkpoint=name, split=split, metrics=m)
+    csv_path, json_path = report.write(args.out)
+    _print_table(report.rows)
+    print(f"\nwrote {csv_path} and {json_path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from analysis.demo import run_demo
+
+    summary = run_demo(
+        args.out,
+        epochs=args.epochs,
+        progress=not args.no_progress,
+        figures=not args.no_figures,
+        force=args.force,
+    )
+    print("test accuracy of the last checkpoint:")
+    for run, acc in summary["test_accuracy"].items():
+        print(f"  {run:<10} {acc:.4f}")
+    print(f"report:  {summary['report'][0]}\n         {summary['report'][1]}")
+    if summary["figures"]:
+        print(f"figures: {len(summary['figures'])} files in {Path(summary['figures'][0]).parent}")
+    print(f"done in {summary['seconds']:.1f} s; everything is under {summary['out']}")
+    return 0
+
+
+def _num_classes_of(model: torch.nn.Module, layer: str | None) -> int:
+    from analysis.extract import find_head
+
+    _, head = find_head(model, None)
+    for attr in ("out_features", "num_classes"):
+        if isinstance(getattr(head, attr, None), int):
+            return int(getattr(head, attr))
+    raise ValueError("cannot infer the number of classes from the model: pass --num-classes")
+
+
+def _loaders(data: Any, batch_size: int, world: int, rank: int) -> dict[str, Any]:
+    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        data = {"train": data[0], "test": data[1]}
+    if not isinstance(data, dict) or not data:
+        raise ValueError(
+            "the --data callable must return a dict split -> Dataset/DataLoader, or a "
+            f"(train, test) pair; got {type(data).__name__}"
+        )
+    out: dict[str, Any] = {}
+    for split, d in data.items():
+        ds = d.dataset if isinstance(d, DataLoader) else d
+        bs = (d.batch_size or batch_size) if isinstance(d, DataLoader) else batch_size
+        if not isinstance(ds, Dataset):
+            raise ValueError(
+                f"split {split!r}: expected a Dataset or DataLoader, got {type(d).__name__}"
+            )
+        sampler: DistributedSampler[Any] | None = (
+            DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
+            if world > 1
+            else None
+        )
+        if world > 1 and len(ds) % world:  # type: ignore[arg-type]
+            raise ValueError(
+                f"split {split!r}: {len(ds)} samples do not shard evenly over {world} ranks "  # type: ignore[arg-type]
+                "(DistributedSampler would repeat samples and bias the statistics)"
+            )
+        out[str(split)] = DataLoader(ds, batch_size=bs, shuffle=False, sampler=sampler)
+    return out
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import os
+
+    import torch.distributed as dist
+
+    from analysis.extract import analyze_checkpoints, list_checkpoints, resolve
+
+    files = list_checkpoints(args.checkpoints)  # fail early on missing paths
+    make_model = resolve(args.model)
+    make_data = resolve(args.data)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    created = world > 1 and not dist.is_initialized()
+    if created:  # torchrun's env:// rendezvous
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    try:
+        probe = make_model()
+        if not isinstance(probe, torch.nn.Module):
+            raise ValueError(
+                f"--model {args.model} returned {type(probe).__name__}, not an nn.Module"
+            )
+        num_classes = args.num_classes or _num_classes_of(probe, args.layer)
+        loaders = _loaders(make_data(), args.batch_size, world, rank)
+        report = analyze_checkpoints(
+            files,
+            make_model,
+            loaders,
+            num_classes,
+            out_dir=args.out,
+            run=args.run or Path(files[0]).parent.name or "model",
+            layer=args.layer,
+            device=args.device,
+            force=args.force,
+            trust=args.trust_checkpoint,
+            progress=not args.no_progress and rank == 0,
+            reduce=(lambda st: st.all_reduce()) if world > 1 else None,
+            write_cache=rank == 0,
+        )
+        if rank == 0:
+            csv_path, json_path = report.write(args.out)
+            _print_table(
+                [r for r in report.rows if r["checkpoint"] == report.rows[-1]["checkpoint"]]
+            )
+            print(f"\nwrote {csv_path} and {json_path}")
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from analysis.plots import render_report
+
+    paths = render_report(args.report, args.out)
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+def _cmd_frame(args: argparse.Namespace) -> int:
+    from analysis.extract import _atomic_torch_save
+    from geomtools.frames import Hierarchy, haframe
+
+    hier = Hierarchy.from_isa_file(args.hierarchy)
+    frame = haframe(hier.lca_distances(), args.dim, gamma=args.gamma, seed=args.seed)
     out = Path(args.out)
-    write_csv(out / "metrics.csv", rows, ["source", "split", "metric", "value"])
-    summary: dict[str, Any] = {"source": data.source, "num_classes": data.num_classes}
-    for r in rows:
-        summary.setdefault("metrics", {}).setdefault(r["split"], {})[r["metric"]] = r["value"]
-    write_json(out / "metrics.json", summary)
-    _print_table(rows)
-    print(f"\nwrote {out / 'metrics.csv'} and {out / 'metrics.json'}")
+    _atomic_torch_save(
+        {
+            "weight": frame.weight,
+            "similarity": frame.similarity,
+            "s": float(frame.s),
+            "classes": [str(c) for c in hier.classes],
+            "gamma": args.gamma,
+        },
+        out,
+    )
+    print(
+        f"HAFrame for {frame.weight.shape[0]} classes in R^{args.dim} "
+        f"(s = {float(frame.s):.6f}) -> {out}"
+    )
     return 0
 
 
@@ -170,23 +319,100 @@ def build_parser() -> argparse.ArgumentParser:
     from geomtools import __version__
 
     parser = argparse.ArgumentParser(
-        prog="geomtools", description="Measure neural collapse and geometry of representations."
+        prog="geomtools",
+        description="Measure neural collapse and the geometry of representations.",
     )
     parser.add_argument("--version", action="version", version=f"geomtools {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, out: str) -> None:
+        p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = sub.add_parser(
+        "demo",
+        help="train on the bundled digits data, analyse every checkpoint, write report + figures",
+        description="The main job end to end on scikit-learn's digits (no download): linear, "
+        "simplex-ETF, HAFrame and GCR (k = 1, 2, 4) heads, a checkpoint per epoch, the tidy "
+        "report and every figure.",
+    )
+    common(p, "geomtools-demo")
+    p.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30)")
+    p.add_argument("--no-figures", action="store_true", help="skip rendering the figures")
+    p.add_argument("--force", action="store_true", help="retrain and reanalyse everything")
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser(
         "analyze",
-        help="neural-collapse metrics of a feature file",
-        description="Stream a feature file through FeatureStats and write every metric per "
-        "split to OUT/metrics.csv and OUT/metrics.json.",
+        help="metrics of every checkpoint of a model",
+        description="Load each checkpoint (torch.load weights_only=True) into the model built "
+        "by --model, stream the splits returned by --data through it, capture the penultimate "
+        "features (input of the last Linear / geomtools head, or --layer) and write every "
+        "metric to OUT/report.csv and OUT/report.json. Finished checkpoints are cached in "
+        "OUT/cache and skipped on a rerun (unless --force). Under torchrun the data is sharded "
+        "by rank and rank 0 writes the report.",
     )
-    p.add_argument("file", nargs="?", help=".pt/.pth (weights_only) or .npz feature file")
-    p.add_argument("--digits", action="store_true", help="use the built-in sklearn digits data")
-    p.add_argument("--out", default="geomtools-results", help="output folder")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint files or folders of them")
+    p.add_argument(
+        "--model", required=True, help="'package.module:callable' returning the nn.Module"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="'package.module:callable' returning {split: Dataset or DataLoader} or (train, test)",
+    )
+    p.add_argument("--layer", help="module whose input are the features (default: the classifier)")
+    p.add_argument("--num-classes", type=int, help="default: read from the classifier")
+    p.add_argument("--run", help="run name in the report (default: the checkpoints' folder name)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="ignore cached results")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow checkpoints that need full unpickling (only for files you trust)",
+    )
+    common(p, "geomtools-results")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser(
+        "features",
+        help="metrics of a precomputed feature file",
+        description="Stream a feature file (.pt/.pth weights_only or .npz: features, labels, "
+        "optional weight/bias, or one mapping per split) through FeatureStats and write every "
+        "metric to OUT/report.csv and OUT/report.json.",
+    )
+    p.add_argument("file", nargs="?", help=".pt/.pth or .npz feature file")
+    p.add_argument("--digits", action="store_true", help="use the built-in sklearn digits pixels")
+    p.add_argument("--run", help="run name in the report (default: the file name)")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--device", default="cpu", help="device of the float64 statistics")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=_cmd_analyze)
+    common(p, "geomtools-results")
+    p.set_defaults(func=_cmd_features)
+
+    p = sub.add_parser(
+        "plot",
+        help="render the figures of a report",
+        description="Read REPORT (report.json, or the folder holding it) and its cached "
+        "statistics and write every figure as PDF and PNG.",
+    )
+    p.add_argument("report", help="report.json or its folder")
+    p.add_argument("--out", default="figures", help="output folder (default: figures)")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser(
+        "frame",
+        help="write a HAFrame for a class hierarchy",
+        description="Read an is-a hierarchy ('parent child' per line), compute the "
+        "hierarchy-aware frame with the exact shape parameter and save weight, similarity, s "
+        "and the class order with torch.save.",
+    )
+    p.add_argument("hierarchy", help="is-a text file, one 'parent child' pair per line")
+    p.add_argument("--gamma", type=float, required=True, help="rate of the exponential map")
+    p.add_argument("--dim", type=int, required=True, help="feature dimension D")
+    p.add_argument("--seed", type=int, default=0, help="seed of the rotation (default: 0)")
+    p.add_argument("--out", default="haframe.pt", help="output file (default: haframe.pt)")
+    p.set_defaults(func=_cmd_frame)
     return parser
 
 
@@ -196,8 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        print(f"geomtools: error: {err}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"geomtools: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -18,7 +18,7 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one() -> None:
     main_job, test_cmd = blocks
     for cmd in blocks:
         assert "pip install torch==2.13.0 && pip install -e" in cmd
-    assert main_job.endswith("geomtools analyze --digits")
+    assert main_job.endswith("geomtools demo")
     assert test_cmd.endswith("python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text()
     match = re.search(r"^TEST_COMMAND='(.*)'$", ci, flags=re.M)

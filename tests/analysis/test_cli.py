@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.cli import analyze, digits_feature_file, main
+from analysis.cli import analyze_features, digits_feature_file, main
 from analysis.collapse import collapse_metrics, ncc_mismatch
 from analysis.io import atomic_write_text, load_feature_file
+from analysis.report import Report
 from analysis.spectrum import spectrum_metrics
 from analysis.stats import FeatureStats
 
@@ -35,9 +36,9 @@ def test_analyze_pt_file_matches_api(tmp_path):
     )
     out = tmp_path / "res"
     assert (
-        main(["analyze", str(path), "--out", str(out), "--no-progress", "--batch-size", "7"]) == 0
+        main(["features", str(path), "--out", str(out), "--no-progress", "--batch-size", "7"]) == 0
     )
-    summary = json.loads((out / "metrics.json").read_text())
+    summary = json.loads((out / "report.json").read_text())
     train = FeatureStats(4, 6)
     train.update(x[:120], y[:120])
     test = FeatureStats(4, 6)
@@ -45,11 +46,13 @@ def test_analyze_pt_file_matches_api(tmp_path):
     expected = collapse_metrics(test, w, b)
     expected.update(spectrum_metrics(test))
     expected["ncc_mismatch"] = ncc_mismatch(x[120:], w, b, train_stats=train)
-    got = summary["metrics"]["test"]
+    got = {r["metric"]: r["value"] for r in summary["rows"] if r["split"] == "test"}
+    assert {r["run"] for r in summary["rows"]} == {"feat"}
     assert set(got) == set(expected)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key
-    with open(out / "metrics.csv", newline="") as fh:
+    assert Report.read(out / "report.csv").rows == Report.read(out).rows
+    with open(out / "report.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["split"] for r in rows} == {"train", "test"}
     assert len(rows) == 2 * len(expected)
@@ -61,12 +64,13 @@ def test_analyze_npz_flat_layout(tmp_path):
     path = tmp_path / "feat.npz"
     np.savez(path, features=x.numpy(), labels=y.numpy())
     data = load_feature_file(path)
-    rows = analyze(data, progress=False)
-    got = {r["metric"]: r["value"] for r in rows}
+    metrics = analyze_features(data, progress=False)
     stats = FeatureStats(4, 6)
     stats.update(x, y)
-    assert got == pytest.approx(collapse_metrics(stats) | spectrum_metrics(stats), rel=1e-12)
-    assert {r["split"] for r in rows} == {"all"}
+    assert set(metrics) == {"all"}
+    assert metrics["all"] == pytest.approx(
+        collapse_metrics(stats) | spectrum_metrics(stats), rel=1e-12
+    )
 
 
 def test_digits_builtin_is_real_data():
@@ -76,9 +80,8 @@ def test_digits_builtin_is_real_data():
     assert data.weight is not None and data.weight.shape == (10, 64)
     assert len(x) + len(data.splits["test"][0]) == 1797
     # the fitted classifier is a real one: NCC and classifier disagree on few samples
-    rows = analyze(data, progress=False)
-    ncc = {r["split"]: r["value"] for r in rows if r["metric"] == "ncc_mismatch"}
-    assert 0 < ncc["test"] < 0.3
+    metrics = analyze_features(data, progress=False)
+    assert 0 < metrics["test"]["ncc_mismatch"] < 0.3
 
 
 def test_pickled_object_is_refused(tmp_path):
@@ -97,7 +100,7 @@ def test_cli_reports_bad_input_with_location(tmp_path, capsys):
     torch.save({"features": x, "labels": y}, path)
     out = tmp_path / "res"
     assert (
-        main(["analyze", str(path), "--out", str(out), "--no-progress", "--batch-size", "64"]) == 2
+        main(["features", str(path), "--out", str(out), "--no-progress", "--batch-size", "64"]) == 2
     )
     err = capsys.readouterr().err
     assert "samples 128:192" in err and "1 NaN" in err
@@ -105,7 +108,7 @@ def test_cli_reports_bad_input_with_location(tmp_path, capsys):
 
 
 def test_missing_file_and_bad_layout(tmp_path, capsys):
-    assert main(["analyze", str(tmp_path / "nope.pt"), "--no-progress"]) == 2
+    assert main(["features", str(tmp_path / "nope.pt"), "--no-progress"]) == 2
     assert "not found" in capsys.readouterr().err
     path = tmp_path / "odd.pt"
     torch.save({"x": torch.zeros(3)}, path)

@@ -183,7 +183,7 @@ def test_layer_option_and_frame_head():
     gcr = nn.Sequential(nn.Linear(5, 4), GrassmannHead(4, 3, 2))
     assert extract.classifier_of(extract.find_head(gcr)[1]) == (None, None)
     loaders = {"train": [(torch.randn(12, 5), torch.arange(12) % 3)]}
-    metrics, res = extract.analyze_model(gcr, loaders, 3, progress=False)
+    metrics, _ = extract.analyze_model(gcr, loaders, 3, progress=False)
     assert 0.0 <= metrics["train"]["ncc_mismatch"] <= 1.0
     assert "self_duality" not in metrics["train"]
     with pytest.raises(ValueError, match="logits"):

@@ -1,0 +1,50 @@
+"""`geomtools analyze` on 2 gloo processes writes the same report as one process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from analysis.cli import main
+from analysis.report import Report
+from tests.analysis import tiny_model
+
+SPEC = ["--model", "tests.analysis.tiny_model:model", "--data", "tests.analysis.tiny_model:data"]
+
+
+def _worker(rank: int, init_file: str, ckpts: str, out: str) -> None:
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ["WORLD_SIZE"], os.environ["RANK"] = "2", str(rank)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        rc = main(["analyze", ckpts, *SPEC, "--out", out, "--no-progress", "--batch-size", "7"])
+        if rc != 0:
+            raise SystemExit(rc)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_report_equals_single_process(tmp_path: Path) -> None:
+    ckpts = tmp_path / "run"
+    ckpts.mkdir()
+    for e in (1, 2):
+        torch.manual_seed(e)
+        torch.save({"model": tiny_model.model().state_dict(), "epoch": e}, ckpts / f"ep{e}.pt")
+    single = tmp_path / "single"
+    assert main(["analyze", str(ckpts), *SPEC, "--out", str(single), "--no-progress"]) == 0
+    multi = tmp_path / "multi"
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(ckpts), str(multi)), nprocs=2, join=True)
+    a, b = Report.read(single).rows, Report.read(multi).rows
+    assert [(r["checkpoint"], r["split"], r["metric"]) for r in a] == [
+        (r["checkpoint"], r["split"], r["metric"]) for r in b
+    ]
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["value"] == pytest.approx(ra["value"], rel=1e-9, abs=1e-12), ra
