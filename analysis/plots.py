@@ -1,0 +1,1117 @@
+r"""Figures from plain data: neural-collapse trajectories, spectra, cosine heatmaps, sweeps.
+
+Every function here goes from plain data (the tidy rows of :mod:`analysis.report`, numpy
+arrays, mappings of floats) to a :class:`matplotlib.figure.Figure`; nothing is computed from
+checkpoints. Single-panel functions take ``ax=None`` and return ``(fig, ax)``; multi-panel ones
+take ``axes=None`` and return ``(fig, axes)``. Passing axes draws into the caller's figure;
+otherwise a new figure is made with :class:`matplotlib.figure.Figure` directly, so the module
+never touches pyplot or its global state and works under any backend (saving goes through
+Agg / the pdf and svg backends).
+
+* :func:`nc_trajectories` — neural-collapse metrics versus epoch, log-y, one panel per metric
+  (Papyan, Han & Donoho 2020 [1]_, Figs. 2–6).
+* :func:`accuracy_curves` — accuracy versus epoch, train solid and test dashed.
+* :func:`spectra` — descending eigenvalue spectra of :math:`\Sigma_W, \Sigma_B, \Sigma_T`.
+* :func:`cosine_heatmap` — class-mean cosine matrix and its deviation from a target Gram
+  (simplex ETF [1]_ or HAFrame [3]_).
+* :func:`variability_sweep` — a metric versus a swept parameter (e.g. intra-class variability
+  versus subspace dimension, Kornblith et al. 2021 [2]_).
+* :func:`recall_bars` — grouped bars of Recall@K per run.
+* :func:`style` — the publication style, as a context manager that restores ``rcParams``.
+* :func:`save_figure` — atomic, byte-reproducible PDF / PNG / SVG output.
+* :func:`render_all` — every figure above for one tidy table, under stable file names.
+* :func:`render_report` — :func:`render_all` on the rows of a written ``report.json``.
+
+Tidy rows
+---------
+Rows are mappings with keys ``run`` (str), ``checkpoint`` (str), ``epoch`` (int or None),
+``step`` (int or None), ``split`` (``"train"``/``"test"``), ``metric`` (str) and ``value``
+(float). Within one figure a run keeps one colour in every panel; runs are coloured in the
+order they first appear, with the Okabe–Ito palette [4]_ (8 colours, then the line style
+changes).
+
+References
+----------
+.. [1] V. Papyan, X. Y. Han, D. L. Donoho. Prevalence of neural collapse during the terminal
+   phase of deep learning training. PNAS 117(40), 2020.
+.. [2] S. Kornblith, T. Chen, H. Lee, M. Norouzi. Why do better loss functions lead to less
+   transferable features? NeurIPS 2021.
+.. [3] T. Liang, J. Davis. Inducing neural collapse to a fixed hierarchy-aware frame for
+   reducing mistake severity. ICCV 2023.
+.. [4] M. Okabe, K. Ito. Color universal design (CUD): how to make figures and presentations
+   that are friendly to colorblind people. 2002/2008.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import matplotlib as mpl
+import numpy as np
+import numpy.typing as npt
+from cycler import cycler
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "OKABE_ITO",
+    "accuracy_curves",
+    "cosine_heatmap",
+    "nc_trajectories",
+    "recall_bars",
+    "render_all",
+    "render_report",
+    "save_figure",
+    "spectra",
+    "style",
+    "variability_sweep",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Okabe–Ito colourblind-safe palette (black moved last: it reads as "axis", not "data").
+OKABE_ITO: tuple[str, ...] = (
+    "#0072B2",  # blue
+    "#E69F00",  # orange
+    "#009E73",  # bluish green
+    "#D55E00",  # vermillion
+    "#CC79A7",  # reddish purple
+    "#56B4E9",  # sky blue
+    "#F0E442",  # yellow
+    "#000000",  # black
+)
+_LINESTYLES: tuple[str, ...] = ("-", "--", ":", "-.")
+
+#: Metrics drawn by :func:`nc_trajectories` by default.
+DEFAULT_METRICS: tuple[str, ...] = (
+    "nc1",
+    "equinorm_means",
+    "equiangularity_means",
+    "self_duality",
+    "ncc_mismatch",
+)
+
+_RENDER_METRICS: tuple[str, ...] = (*DEFAULT_METRICS, "intra_class_variability")
+
+_METRIC_LABELS: dict[str, str] = {
+    "nc1": r"NC1: $\mathrm{tr}(\Sigma_W \Sigma_B^{+})/K$",
+    "equinorm_means": "equinorm (CV of class-mean norms)",
+    "equiangularity_means": "equiangularity (std of mean cosines)",
+    "self_duality": "self-duality",
+    "ncc_mismatch": "NCC mismatch",
+    "intra_class_variability": "intra-class variability",
+    "accuracy": "accuracy",
+}
+
+_STYLE: dict[Any, Any] = {  # Any keys: matplotlib types rc keys as a Literal
+    "axes.prop_cycle": cycler(color=list(OKABE_ITO)),
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "axes.axisbelow": True,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "grid.color": "#d9d9d9",
+    "grid.linewidth": 0.5,
+    "grid.alpha": 1.0,
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans"],
+    "font.size": 9,
+    "mathtext.fontset": "dejavusans",
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "lines.linewidth": 1.5,
+    "lines.markersize": 4,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "image.cmap": "viridis",
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "svg.fonttype": "path",
+    "svg.hashsalt": "geomtools",
+}
+
+_SAVE_FORMATS = ("pdf", "png", "svg")
+_PANEL_SIZE = (3.2, 2.6)
+
+
+# ---------------------------------------------------------------------------- style and saving
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """Context manager applying the publication style; ``rcParams`` are restored on exit.
+
+    Clean axes (no top/right spines, light grid), 9 pt DejaVu Sans (mathtext in the same
+    font), the Okabe–Ito colourblind-safe colour cycle and TrueType (Type 42) fonts in PDF
+    and PostScript output, so text stays editable and no Type 3 fonts are embedded. Built on
+    :func:`matplotlib.rc_context`: global ``matplotlib.rcParams`` are never modified beyond
+    the ``with`` block. Every plotting function of this module applies it internally.
+
+    Examples
+    --------
+    >>> with style():
+    ...     fig, ax = spectra({"Σ_W": [3.0, 1.0]})
+    """
+    with mpl.rc_context(_STYLE):
+        yield
+
+
+def save_figure(
+    fig: Figure,
+    path_stem: str | os.PathLike[str],
+    formats: Sequence[str] = ("pdf", "png"),
+    dpi: float = 150,
+) -> list[Path]:
+    """Write ``fig`` as ``<path_stem>.<fmt>`` for each format, atomically and reproducibly.
+
+    Output is byte-reproducible: rendering the same data twice gives identical files. PDFs
+    embed TrueType fonts (``pdf.fonttype`` 42) and carry no ``CreationDate``; PNGs carry a fixed
+    ``Software`` text chunk; SVGs carry no date and a fixed id salt. Each file is written to a
+    temporary file in the target directory and moved into place with :func:`os.replace`, so
+    a failure never leaves a half-written file at the target path.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path_stem : str or os.PathLike
+        Target path without extension; ``.<fmt>`` is appended (existing dots are kept, so
+        ``"fig.v2"`` gives ``fig.v2.pdf``). The parent directory must exist.
+    formats : sequence of str
+        Any of ``"pdf"``, ``"png"``, ``"svg"``; duplicates are written once.
+    dpi : float
+        Resolution of raster output (and of images embedded in vector output).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, in the order of ``formats``.
+
+    Raises
+    ------
+    ValueError
+        For an empty or unsupported format list, or a non-positive ``dpi``.
+    FileNotFoundError
+        If the parent directory of ``path_stem`` does not exist.
+    """
+    if isinstance(formats, str):
+        formats = (formats,)
+    fmts = list(dict.fromkeys(f.lower().lstrip(".") for f in formats))
+    if not fmts:
+        raise ValueError("save_figure: formats is empty")
+    bad = [f for f in fmts if f not in _SAVE_FORMATS]
+    if bad:
+        raise ValueError(f"save_figure: unsupported formats {bad}; supported: {_SAVE_FORMATS}")
+    if not (math.isfinite(dpi) and dpi > 0):
+        raise ValueError(f"save_figure: dpi must be positive, got {dpi}")
+    stem = Path(path_stem)
+    if not stem.parent.is_dir():
+        raise FileNotFoundError(f"save_figure: directory {stem.parent} does not exist")
+    written = []
+    for fmt in fmts:
+        target = stem.parent / f"{stem.name}.{fmt}"
+        _atomic_savefig(fig, target, fmt, dpi)
+        written.append(target)
+    return written
+
+
+def _metadata(fmt: str) -> dict[str, Any]:
+    producer = f"geomtools analysis.plots (Matplotlib {mpl.__version__})"
+    if fmt == "pdf":
+        return {"CreationDate": None, "ModDate": None, "Creator": producer}
+    if fmt == "png":
+        return {"Software": producer}
+    return {"Date": None, "Creator": producer}  # svg
+
+
+def _atomic_savefig(fig: Figure, target: Path, fmt: str, dpi: float) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh, style():
+            fig.savefig(fh, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------- helpers
+def _new_figure(
+    n_panels: int, *, ncols: int | None = None, extra_width: float = 0.0
+) -> tuple[Figure, list[Axes]]:
+    """A constrained-layout figure of ``n_panels`` axes in a row-major grid (call in style()).
+
+    ``extra_width`` (inches) makes room for a legend outside the axes.
+    """
+    ncols = min(n_panels, 3) if ncols is None else ncols
+    nrows = math.ceil(n_panels / ncols)
+    size = (_PANEL_SIZE[0] * ncols + extra_width, _PANEL_SIZE[1] * nrows)
+    fig = Figure(figsize=size, layout="constrained")
+    grid = fig.add_gridspec(nrows, ncols)
+    axes = [fig.add_subplot(grid[i // ncols, i % ncols]) for i in range(n_panels)]
+    return fig, axes
+
+
+def _figure_of(ax: Axes) -> Figure:
+    parent = ax.figure
+    # SubFigure.figure is the root Figure (matplotlib 3.7 to 3.11); Figure.figure is itself.
+    fig = parent.figure if parent is not None else None
+    if not isinstance(fig, Figure):
+        raise ValueError("the axes passed in are not attached to a figure")
+    return fig
+
+
+def _run_styles(runs: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``(colour, line style)`` of each run, in the order given; the style changes past 8 runs."""
+    n = len(OKABE_ITO)
+    return {
+        run: (OKABE_ITO[i % n], _LINESTYLES[(i // n) % len(_LINESTYLES)])
+        for i, run in enumerate(runs)
+    }
+
+
+def _as_float_array(x: Any, name: str) -> FloatArray:
+    """``x`` (array-like or tensor) as float64 numpy, with a clear error for non-numbers."""
+    if hasattr(x, "detach"):  # torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from None
+    return arr
+
+
+def _check_finite(arr: FloatArray, name: str) -> None:
+    n_nan = int(np.isnan(arr).sum())
+    n_inf = int(np.isinf(arr).sum())
+    if n_nan or n_inf:
+        raise ValueError(f"{name} contain {n_nan} NaN and {n_inf} Inf values")
+
+
+def _mathtext(name: str) -> str:
+    r"""``"Σ_W"``/``"Sigma_W"``/``"sigma_w"`` → ``$\Sigma_{W}$``; other names unchanged."""
+    m = re.fullmatch(r"(?:Σ|[Ss]igma)_?\{?([A-Za-z0-9]+)\}?", name)
+    return rf"$\Sigma_{{{m.group(1).upper()}}}$" if m else name
+
+
+def _no_data(ax: Axes, text: str = "no data") -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+
+
+# ---------------------------------------------------------------------------- tidy rows
+_REQUIRED_KEYS = ("run", "checkpoint", "split", "metric", "value")
+
+
+def _check_rows(rows: Iterable[Mapping[str, Any]], fn: str) -> list[Mapping[str, Any]]:
+    rows = list(rows)
+    if not rows:
+        raise ValueError(f"{fn}: rows is empty")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{fn}: row {i} is a {type(row).__name__}, expected a mapping")
+        missing = [k for k in _REQUIRED_KEYS if k not in row]
+        if missing:
+            raise ValueError(f"{fn}: row {i} lacks keys {missing}")
+    return rows
+
+
+def _x_key(rows: Sequence[Mapping[str, Any]], x: str) -> str:
+    """``x`` if every row has it, else the fallback: epoch → step → checkpoint order."""
+    chain = {"epoch": ("epoch", "step"), "step": ("step",), "checkpoint": ()}
+    if x not in chain:
+        raise ValueError(f"x must be 'epoch', 'step' or 'checkpoint', got {x!r}")
+    for key in chain[x]:
+        if all(r.get(key) is not None for r in rows):
+            return key
+    return "checkpoint"
+
+
+def _series(
+    rows: Sequence[Mapping[str, Any]], x_key: str, fn: str
+) -> dict[tuple[str, str, str], tuple[FloatArray, FloatArray]]:
+    """``(run, split, metric) → (x, y)`` sorted by x; checkpoint order = first appearance."""
+    values = np.array([_row_value(r, fn) for r in rows], dtype=np.float64)
+    n_nan, n_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+    if n_nan or n_inf:
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)][:5]
+        raise ValueError(
+            f"{fn}: rows contain {n_nan} NaN and {n_inf} Inf values (first at {bad}); "
+            "drop them before plotting"
+        )
+    ckpt_index: dict[str, dict[str, int]] = {}
+    points: dict[tuple[str, str, str], dict[str, tuple[float, float]]] = {}
+    for r, v in zip(rows, values, strict=True):
+        run, ckpt = str(r["run"]), str(r["checkpoint"])
+        order = ckpt_index.setdefault(run, {})
+        idx = order.setdefault(ckpt, len(order))
+        xv = float(idx) if x_key == "checkpoint" else float(r[x_key])
+        key = (run, str(r["split"]), str(r["metric"]))
+        pts = points.setdefault(key, {})
+        if ckpt in pts:
+            raise ValueError(
+                f"{fn}: duplicate rows for run={run!r}, checkpoint={ckpt!r}, "
+                f"split={key[1]!r}, metric={key[2]!r}"
+            )
+        pts[ckpt] = (xv, float(v))
+    out = {}
+    for key, pts in points.items():
+        xy = sorted(pts.values(), key=lambda p: p[0])  # stable: ties keep row order
+        out[key] = (
+            np.array([p[0] for p in xy], dtype=np.float64),
+            np.array([p[1] for p in xy], dtype=np.float64),
+        )
+    return out
+
+
+def _row_value(row: Mapping[str, Any], fn: str) -> float:
+    try:
+        return float(row["value"])
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{fn}: value {row['value']!r} of run={row['run']!r}, metric={row['metric']!r} "
+            "is not a number"
+        ) from None
+
+
+def _runs_in_order(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(str(r["run"]) for r in rows))
+
+
+_X_LABELS = {"epoch": "epoch", "step": "step", "checkpoint": "checkpoint (index)"}
+
+
+# ---------------------------------------------------------------------------- figures
+def nc_trajectories(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    split: str = "train",
+    x: Literal["epoch", "step", "checkpoint"] = "epoch",
+    axes: Sequence[Axes] | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """Neural-collapse metrics versus training time, one log-y panel per metric.
+
+    The layout of Papyan, Han & Donoho 2020 [1]_, Figs. 2–6: each panel shows one metric
+    (NC1 = tr(Σ_W Σ_B⁺)/K, equinorm, equiangularity, self-duality, NCC mismatch) against the
+    epoch on a logarithmic y axis, with one curve per run. A run keeps its colour in every
+    panel; the legend is drawn once, in the first panel with data.
+
+    Non-positive values cannot be shown on a log axis: they are skipped (the curve is drawn
+    through the remaining points) and the panel notes how many were skipped. A metric with no
+    rows for ``split`` gives a panel that says "no data".
+
+    Parameters
+    ----------
+    rows : iterable of mapping
+        Tidy rows (see the module docstring); rows of other splits/metrics are ignored.
+    metrics : sequence of str
+        Metric names, one panel each, in this order.
+    split : str
+        Which split's rows to draw.
+    x : {"epoch", "step", "checkpoint"}
+        Quantity on the x axis. If any selected row lacks it, falls back to ``step``, then to
+        checkpoint order (the order in which each run's checkpoints first appear in ``rows``).
+    axes : sequence of Axes, optional
+        One axes per metric to draw into; by default a new figure is made.
+
+    Returns
+    -------
+    fig : Figure
+    axes : list of Axes
+        One per metric; every one has ``get_yscale() == "log"``.
+
+    Raises
+    ------
+    ValueError
+        If ``rows`` or ``metrics`` is empty, a row lacks a key, a selected value is NaN/Inf
+        or not a number, two rows share (run, checkpoint, split, metric), or ``axes`` has the
+        wrong length.
+    """
+    fn = "nc_trajectories"
+    all_rows = _check_rows(rows, fn)
+    metrics = list(metrics)
+    if not metrics:
+        raise ValueError(f"{fn}: metrics is empty")
+    if axes is not None and len(axes) != len(metrics):
+        raise ValueError(f"{fn}: got {len(axes)} axes for {len(metrics)} metrics")
+    wanted = set(metrics)
+    sel = [r for r in all_rows if r["split"] == split and r["metric"] in wanted]
+    runs = _runs_in_order(sel)
+    run_style = _run_styles(runs)
+    x_key = _x_key(sel, x)
+    series = _series(sel, x_key, fn)
+    with style():
+        if axes is None:
+            fig, axs = _new_figure(len(metrics))
+        else:
+            axs = list(axes)
+            fig = _figure_of(axs[0])
+        legend_done = False
+        for ax, metric in zip(axs, metrics, strict=True):
+            ax.set_yscale("log")
+            ax.set_title(_METRIC_LABELS.get(metric, metric))
+            ax.set_xlabel(_X_LABELS[x_key])
+            n_skipped = 0
+            drawn = False
+            for run in runs:
+                if (run, split, metric) not in series:
+                    continue
+                xs, ys = series[(run, split, metric)]
+                keep = ys > 0
+                n_skipped += int((~keep).sum())
+                if not keep.any():
+                    continue
+                color, ls = run_style[run]
+                ax.plot(xs[keep], ys[keep], marker="o", label=run, color=color, linestyle=ls)
+                drawn = True
+            if not drawn:
+                _no_data(ax, "no positive values" if n_skipped else "no data")
+                ax.set_ylim(0.1, 10.0)
+            if n_skipped:
+                ax.text(
+                    0.98,
+                    0.98,
+                    f"{n_skipped} non-positive value(s) not shown",
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="top",
+                    fontsize=7,
+                    color="0.4",
+                )
+            if drawn and not legend_done:
+                ax.legend(loc="best")
+                legend_done = True
+        if axes is None:
+            fig.suptitle(f"{split} split")
+    return fig, axs
+
+
+def accuracy_curves(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    metric: str = "accuracy",
+    x: Literal["epoch", "step", "checkpoint"] = "epoch",
+    ax: Axes | None = None,
+) -> tuple[Figure, Axes]:
+    """Accuracy versus training time: one colour per run, train solid, test dashed.
+
+    The companion of the trajectories in Papyan, Han & Donoho 2020 [1]_ (their Fig. 1 shows
+    the training error reaching zero before the terminal phase). Linear y axis.
+
+    Parameters
+    ----------
+    rows : iterable of mapping
+        Tidy rows; only those with ``metric`` are used, all splits.
+    metric : str
+        The metric to draw.
+    x : {"epoch", "step", "checkpoint"}
+        As in :func:`nc_trajectories`, including the fallbacks.
+    ax : Axes, optional
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        One line per (run, split) present.
+
+    Raises
+    ------
+    ValueError
+        As :func:`nc_trajectories`; a figure without any ``metric`` row says "no data".
+    """
+    fn = "accuracy_curves"
+    sel = [r for r in _check_rows(rows, fn) if r["metric"] == metric]
+    runs = _runs_in_order(sel)
+    run_style = _run_styles(runs)
+    splits = sorted({str(r["split"]) for r in sel}, key=_split_key)
+    x_key = _x_key(sel, x)
+    series = _series(sel, x_key, fn)
+    dashes = {s: _LINESTYLES[i % len(_LINESTYLES)] for i, s in enumerate(splits)}
+    with style():
+        if ax is None:
+            fig, (ax,) = _new_figure(1, extra_width=1.6)
+        else:
+            fig = _figure_of(ax)
+        for run in runs:
+            for s in splits:
+                if (run, s, metric) not in series:
+                    continue
+                xs, ys = series[(run, s, metric)]
+                ax.plot(
+                    xs,
+                    ys,
+                    marker="o",
+                    color=run_style[run][0],
+                    linestyle=dashes[s],
+                    label=f"{run} ({s})",
+                )
+        ax.set_xlabel(_X_LABELS[x_key])
+        ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
+        if sel:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # runs × splits entries
+        else:
+            _no_data(ax)
+    return fig, ax
+
+
+def _split_key(split: str) -> tuple[int, str]:
+    return ({"train": 0, "test": 1}.get(split, 2), split)
+
+
+def spectra(
+    eigenvalues: Mapping[str, Any],
+    *,
+    ax: Axes | None = None,
+    normalise: bool = False,
+) -> tuple[Figure, Axes]:
+    r"""Eigenvalue spectra, descending, against their index on a log-y axis.
+
+    For the class covariances :math:`\Sigma_W, \Sigma_B, \Sigma_T` (e.g. from
+    :func:`analysis.spectrum.eigenvalues`): neural collapse shows as :math:`\Sigma_B` keeping
+    ``K − 1`` eigenvalues while :math:`\Sigma_W` shrinks (Papyan, Han & Donoho 2020 [1]_);
+    the decay of :math:`\Sigma_T` is what α-ReQ and RankMe summarise. Keys such as ``"Σ_W"``,
+    ``"Sigma_B"`` are shown as :math:`\Sigma_W`, :math:`\Sigma_B` in the legend.
+
+    Values are sorted in descending order and the index starts at 1. Zero and negative
+    eigenvalues (round-off of exact zeros of a PSD matrix) cannot go on a log axis and are
+    clipped out; since they sort last, the remaining points keep their index.
+
+    Parameters
+    ----------
+    eigenvalues : mapping of str to array-like
+        Name → 1-D eigenvalues (numpy array, sequence or CPU/GPU tensor).
+    ax : Axes, optional
+    normalise : bool
+        Divide each spectrum by the sum of its positive eigenvalues (fraction of variance).
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        One line per spectrum with at least one positive eigenvalue.
+
+    Raises
+    ------
+    ValueError
+        If the mapping is empty, a spectrum is not 1-D or empty, or contains NaN/Inf.
+    """
+    if not eigenvalues:
+        raise ValueError("spectra: eigenvalues is empty")
+    arrays: dict[str, FloatArray] = {}
+    for name, ev in eigenvalues.items():
+        arr = _as_float_array(ev, f"spectra: eigenvalues[{name!r}]")
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(
+                f"spectra: eigenvalues[{name!r}] must be a non-empty 1-D array, "
+                f"got shape {arr.shape}"
+            )
+        _check_finite(arr, f"spectra: eigenvalues[{name!r}]")
+        arrays[str(name)] = np.sort(arr)[::-1]
+    with style():
+        if ax is None:
+            fig, (ax,) = _new_figure(1)
+        else:
+            fig = _figure_of(ax)
+        ax.set_yscale("log")
+        n_skipped = 0
+        for name, lam in arrays.items():
+            pos = lam[lam > 0]
+            n_skipped += lam.size - pos.size
+            if pos.size == 0:
+                continue
+            if normalise:
+                pos = pos / pos.sum()
+            ax.plot(np.arange(1, pos.size + 1), pos, marker=".", label=_mathtext(name))
+        if ax.lines:
+            ax.legend(loc="best")
+        else:
+            _no_data(ax, "no positive eigenvalues")
+            ax.set_ylim(0.1, 10.0)
+        ax.set_xlabel("index (descending)")
+        ax.set_ylabel("eigenvalue / sum" if normalise else "eigenvalue")
+        if n_skipped:
+            ax.text(
+                0.98,
+                0.98,
+                f"{n_skipped} non-positive eigenvalue(s) not shown",
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=7,
+                color="0.4",
+            )
+    return fig, ax
+
+
+def _cosines(vectors: FloatArray) -> FloatArray:
+    norms = np.linalg.norm(vectors, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise ValueError(
+            f"cosine_heatmap: {zero.size} zero vectors (rows {zero[:5].tolist()}); "
+            "their cosine is undefined"
+        )
+    unit = vectors / norms[:, None]
+    cos: FloatArray = np.clip(unit @ unit.T, -1.0, 1.0)
+    np.fill_diagonal(cos, 1.0)
+    return cos
+
+
+def cosine_heatmap(
+    vectors: Any,
+    *,
+    target: Any | None = None,
+    order: Sequence[int] | None = None,
+    labels: Sequence[str] | None = None,
+    axes: Axes | Sequence[Axes] | None = None,
+) -> tuple[Figure, list[Axes]]:
+    r"""Heatmap of pairwise cosines of class vectors, and its deviation from a target Gram.
+
+    Shows :math:`\cos(v_c, v_{c'})` for the ``K`` rows of ``vectors`` (class means or
+    classifier rows; centring by the global mean is the caller's business). At neural
+    collapse the centred means form a simplex ETF, whose off-diagonal cosines are all
+    :math:`-1/(K-1)` (Papyan, Han & Donoho 2020 [1]_); a hierarchy-aware frame (HAFrame,
+    Liang & Davis 2023 [3]_) prescribes a similarity matrix ``S`` instead. With ``target``, a
+    second panel shows ``cos − target`` on a diverging colormap centred at 0.
+
+    Parameters
+    ----------
+    vectors : array-like, shape [K, D]
+    target : array-like, shape [K, K], optional
+        Target cosines in the original class order (e.g. ``(K·I − 11ᵀ)/(K − 1)``).
+    order : sequence of int, optional
+        A permutation of ``range(K)``: row/column ``i`` of the plot is class ``order[i]``
+        (e.g. leaves in hierarchy order). Applied to ``vectors``, ``target`` and ``labels``.
+    labels : sequence of str, optional
+        Class names, in the original class order; by default class ids are used as tick
+        labels when ``K <= 40``.
+    axes : Axes or sequence of Axes, optional
+        One axes (two with ``target``) to draw into; by default a new figure is made.
+
+    Returns
+    -------
+    fig : Figure
+    axes : list of Axes
+        ``[cosines]`` or ``[cosines, deviation]``; each holds the matrix as ``images[0]``
+        (``images[0].get_array()`` is the plotted, permuted matrix).
+
+    Raises
+    ------
+    ValueError
+        If ``vectors`` is not 2-D or has zero rows, ``target`` is not K×K, ``order`` is not a
+        permutation of ``range(K)``, ``labels`` has the wrong length, any input contains
+        NaN/Inf, or the number of axes is wrong.
+    """
+    fn = "cosine_heatmap"
+    v = _as_float_array(vectors, f"{fn}: vectors")
+    if v.ndim != 2 or v.shape[0] == 0:
+        raise ValueError(f"{fn}: vectors must have shape [K, D] with K >= 1, got {v.shape}")
+    _check_finite(v, f"{fn}: vectors")
+    k = v.shape[0]
+    tgt: FloatArray | None = None
+    if target is not None:
+        tgt = _as_float_array(target, f"{fn}: target")
+        if tgt.shape != (k, k):
+            raise ValueError(f"{fn}: target must have shape [K, K] = {(k, k)}, got {tgt.shape}")
+        _check_finite(tgt, f"{fn}: target")
+    if order is None:
+        perm = np.arange(k)
+    else:
+        perm = np.asarray(list(order))
+        if (
+            perm.shape != (k,)
+            or not np.issubdtype(perm.dtype, np.integer)
+            or not np.array_equal(np.sort(perm), np.arange(k))
+        ):
+            raise ValueError(f"{fn}: order must be a permutation of range({k}), got {list(order)}")
+    if labels is not None and len(labels) != k:
+        raise ValueError(f"{fn}: got {len(labels)} labels for K={k} classes")
+    n_panels = 1 if tgt is None else 2
+    if axes is None:
+        axs: list[Axes] | None = None
+    else:
+        axs = [axes] if isinstance(axes, Axes) else list(axes)
+        if len(axs) != n_panels:
+            raise ValueError(f"{fn}: got {len(axs)} axes, need {n_panels}")
+
+    cos = _cosines(v)[np.ix_(perm, perm)]
+    tick_labels = (
+        [str(labels[int(i)]) for i in perm] if labels is not None else [str(int(i)) for i in perm]
+    )
+    with style():
+        if axs is None:
+            fig, axs = _new_figure(n_panels)
+        else:
+            fig = _figure_of(axs[0])
+        im = axs[0].imshow(cos, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
+        axs[0].set_title("cosine of class vectors")
+        fig.colorbar(im, ax=axs[0], shrink=0.85)
+        if tgt is not None:
+            dev = cos - tgt[np.ix_(perm, perm)]
+            lim = float(np.abs(dev).max()) or 1.0
+            im2 = axs[1].imshow(dev, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            axs[1].set_title("cos − target")
+            fig.colorbar(im2, ax=axs[1], shrink=0.85)
+        for ax in axs:
+            ax.grid(False)
+            if labels is not None or k <= 40:
+                ax.set_xticks(range(k), tick_labels, rotation=90, fontsize=6 if k > 12 else 8)
+                ax.set_yticks(range(k), tick_labels, fontsize=6 if k > 12 else 8)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            ax.set_xlabel("class")
+            ax.set_ylabel("class")
+    return fig, axs
+
+
+def variability_sweep(
+    x: Sequence[float],
+    values: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str = "subspace dim k",
+    ylabel: str = "intra-class variability",
+    ax: Axes | None = None,
+) -> tuple[Figure, Axes]:
+    """Curves of a metric versus a swept parameter, one per run.
+
+    E.g. the intra-class variability of Kornblith et al. 2021 [2]_ (within-class over total
+    cosine distance) of features projected to the top-``k`` subspace, as ``k`` grows.
+    Linear axes.
+
+    Parameters
+    ----------
+    x : sequence of float
+        The swept parameter values, shared by all runs.
+    values : mapping of str to sequence of float
+        Run → metric at each ``x`` (same length as ``x``).
+    xlabel, ylabel : str
+    ax : Axes, optional
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        One line per run.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` or ``values`` is empty, a length differs from ``len(x)``, or an input
+        contains NaN/Inf.
+    """
+    fn = "variability_sweep"
+    xs = _as_float_array(x, f"{fn}: x")
+    if xs.ndim != 1 or xs.size == 0:
+        raise ValueError(f"{fn}: x must be a non-empty 1-D sequence, got shape {xs.shape}")
+    _check_finite(xs, f"{fn}: x")
+    if not values:
+        raise ValueError(f"{fn}: values is empty")
+    ys: dict[str, FloatArray] = {}
+    for run, val in values.items():
+        arr = _as_float_array(val, f"{fn}: values[{run!r}]")
+        if arr.shape != xs.shape:
+            raise ValueError(f"{fn}: values[{run!r}] has shape {arr.shape}, x has shape {xs.shape}")
+        _check_finite(arr, f"{fn}: values[{run!r}]")
+        ys[str(run)] = arr
+    run_style = _run_styles(list(ys))
+    with style():
+        if ax is None:
+            fig, (ax,) = _new_figure(1)
+        else:
+            fig = _figure_of(ax)
+        for run, arr in ys.items():
+            color, ls = run_style[run]
+            ax.plot(xs, arr, marker="o", label=run, color=color, linestyle=ls)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="best")
+    return fig, ax
+
+
+def recall_bars(
+    recalls: Mapping[str, Mapping[int, float]],
+    *,
+    ax: Axes | None = None,
+) -> tuple[Figure, Axes]:
+    """Grouped bars of Recall@K: one group per K, one bar (colour) per run.
+
+    Retrieval quality of the embeddings at several K, as reported in metric-learning
+    comparisons (e.g. Kornblith et al. 2021 [2]_ relate it to class separation). A run
+    without a value for some K simply has no bar there.
+
+    Parameters
+    ----------
+    recalls : mapping of str to mapping of int to float
+        Run → {K: Recall@K}, recalls in [0, 1].
+    ax : Axes, optional
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        One bar container per run (``ax.containers``).
+
+    Raises
+    ------
+    ValueError
+        If ``recalls`` or a run's mapping is empty, or a recall is NaN/Inf or outside [0, 1].
+    """
+    fn = "recall_bars"
+    if not recalls:
+        raise ValueError(f"{fn}: recalls is empty")
+    table: dict[str, dict[int, float]] = {}
+    for run, per_k in recalls.items():
+        if not per_k:
+            raise ValueError(f"{fn}: recalls[{run!r}] is empty")
+        vals = _as_float_array(list(per_k.values()), f"{fn}: recalls[{run!r}]")
+        _check_finite(vals, f"{fn}: recalls[{run!r}]")
+        if ((vals < 0) | (vals > 1)).any():
+            raise ValueError(f"{fn}: recalls[{run!r}] has values outside [0, 1]: {vals.tolist()}")
+        table[str(run)] = {int(kk): float(v) for kk, v in zip(per_k, vals, strict=True)}
+    ks = sorted({kk for per_k in table.values() for kk in per_k})
+    pos = {kk: i for i, kk in enumerate(ks)}
+    n_runs = len(table)
+    width = 0.8 / n_runs
+    run_style = _run_styles(list(table))
+    with style():
+        if ax is None:
+            fig, (ax,) = _new_figure(1)
+        else:
+            fig = _figure_of(ax)
+        for j, (run, per_k) in enumerate(table.items()):
+            kk = sorted(per_k)
+            centres = [pos[q] - 0.4 + width * (j + 0.5) for q in kk]
+            ax.bar(
+                centres,
+                [per_k[q] for q in kk],
+                width=width,
+                label=run,
+                color=run_style[run][0],
+            )
+        ax.set_xticks(range(len(ks)), [f"R@{q}" for q in ks])
+        ax.set_ylim(0.0, 1.0)
+        ax.set_ylabel("Recall@K")
+        ax.grid(False, axis="x")
+        # above the axes: bars reach any height in [0, 1], so no corner inside is safe
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=min(n_runs, 4))
+    return fig, ax
+
+
+# ---------------------------------------------------------------------------- everything
+def render_all(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    out_dir: str | os.PathLike[str],
+    spectra_by_run: Mapping[str, Mapping[str, Any]] | None = None,
+    means_by_run: Mapping[str, Any] | None = None,
+    targets_by_run: Mapping[str, Any] | None = None,
+    sweep: Mapping[str, Any] | None = None,
+    recalls: Mapping[str, Mapping[int, float]] | None = None,
+    formats: Sequence[str] = ("pdf", "png"),
+) -> list[Path]:
+    """Render every figure for one tidy table into ``out_dir``; return the paths written.
+
+    File names (``<fmt>`` for each of ``formats``; ``<run>`` with characters outside
+    ``[A-Za-z0-9._-]`` replaced by ``_``):
+
+    * ``nc_trajectories_<split>.<fmt>`` — :func:`nc_trajectories` for each split present
+      (``train``, ``test``, then others alphabetically), with one panel for each of
+      :data:`DEFAULT_METRICS` and ``intra_class_variability`` that the split has rows for
+      (no file for a split without any);
+    * ``accuracy.<fmt>`` — :func:`accuracy_curves`, if any ``accuracy`` row exists;
+    * ``spectra_<run>.<fmt>`` — :func:`spectra` of ``spectra_by_run[run]``;
+    * ``cosines_<run>.<fmt>`` — :func:`cosine_heatmap` of ``means_by_run[run]``, with
+      ``targets_by_run[run]`` as target when given;
+    * ``variability_sweep.<fmt>`` — :func:`variability_sweep` called with ``**sweep``;
+    * ``recall_bars.<fmt>`` — :func:`recall_bars` of ``recalls``.
+
+    Parameters
+    ----------
+    rows : iterable of mapping
+        Tidy rows (see the module docstring).
+    out_dir : str or os.PathLike
+        Created if missing.
+    spectra_by_run : mapping, optional
+        Run → {name: eigenvalues} (e.g. ``{"Σ_W": ..., "Σ_B": ..., "Σ_T": ...}``).
+    means_by_run : mapping, optional
+        Run → class vectors ``[K, D]``.
+    targets_by_run : mapping, optional
+        Run → target cosine matrix ``[K, K]``; every key must be in ``means_by_run``.
+    sweep : mapping, optional
+        Keyword arguments of :func:`variability_sweep`: ``x``, ``values`` and optionally
+        ``xlabel``, ``ylabel``.
+    recalls : mapping, optional
+        Run → {K: Recall@K}.
+    formats : sequence of str
+        As in :func:`save_figure`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Every file written, in the order listed above.
+
+    Raises
+    ------
+    ValueError
+        If ``rows`` is empty, ``targets_by_run`` names a run without means, two run names
+        map to the same file name, or any figure function rejects its input.
+    """
+    fn = "render_all"
+    all_rows = _check_rows(rows, fn)
+    targets = dict(targets_by_run or {})
+    means = dict(means_by_run or {})
+    extra = sorted(set(targets) - set(means))
+    if extra:
+        raise ValueError(f"{fn}: targets_by_run has runs without means_by_run: {extra}")
+    for what, mapping in (("spectra_by_run", spectra_by_run or {}), ("means_by_run", means)):
+        safe = [_safe_name(str(r)) for r in mapping]
+        if len(set(safe)) != len(safe):
+            raise ValueError(f"{fn}: run names of {what} collide as file names: {list(mapping)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def emit(fig: Figure, name: str) -> None:
+        written.extend(save_figure(fig, out / name, formats))
+
+    splits = sorted({str(r["split"]) for r in all_rows}, key=_split_key)
+    for split in splits:
+        present = {r["metric"] for r in all_rows if r["split"] == split}
+        metrics = [m for m in _RENDER_METRICS if m in present]
+        if metrics:
+            fig, _ = nc_trajectories(all_rows, metrics=metrics, split=split)
+            emit(fig, f"nc_trajectories_{_safe_name(split)}")
+    if any(r["metric"] == "accuracy" for r in all_rows):
+        fig, _ = accuracy_curves(all_rows)
+        emit(fig, "accuracy")
+    for run, eig in (spectra_by_run or {}).items():
+        fig, _ = spectra(eig)
+        emit(fig, f"spectra_{_safe_name(str(run))}")
+    for run, vec in means.items():
+        fig, _ = cosine_heatmap(vec, target=targets.get(run))
+        emit(fig, f"cosines_{_safe_name(str(run))}")
+    if sweep is not None:
+        fig, _ = variability_sweep(**sweep)
+        emit(fig, "variability_sweep")
+    if recalls is not None:
+        fig, _ = recall_bars(recalls)
+        emit(fig, "recall_bars")
+    return written
+
+
+def render_report(
+    report: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    formats: Sequence[str] = ("pdf", "png"),
+) -> list[Path]:
+    """Render every figure of a written report (``report.json``, ``report.csv`` or its folder).
+
+    The tidy rows give the trajectories per split and the accuracy curves. When the report
+    is a ``report.json`` with ``artifacts["cache"]`` (written by ``geomtools analyze`` and
+    ``geomtools demo``), the cached statistics of each run's **last** checkpoint (train split,
+    else the first split) also give:
+
+    * ``spectra_<run>`` — descending eigenvalues of Σ_W, Σ_B, Σ_T
+      (:func:`analysis.spectrum.eigenvalues`);
+    * ``cosines_<run>`` — cosines of the globally centred class means, with the deviation
+      from the run's target frame similarity when one was analysed (HAFrame), else from the
+      simplex ETF (off-diagonal −1/(K−1));
+
+    and ``artifacts["demo"]["sweep"]`` (run → swept value, e.g. GCR subspace dim k) gives
+    ``variability_sweep``: the intra-class variability of the last checkpoint per split.
+
+    Parameters
+    ----------
+    report : str or os.PathLike
+        Path of ``report.json`` / ``report.csv``, or the folder holding ``report.json``.
+    out_dir : str or os.PathLike
+        Created if missing.
+    formats : sequence of str
+        As in :func:`save_figure`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Every file written (see :func:`render_all` for the names).
+
+    Raises
+    ------
+    FileNotFoundError
+        The report, or a cache file it names, is missing.
+    """
+    import torch  # lazy: plots stays importable on its own
+
+    from analysis.report import Report
+    from analysis.spectrum import eigenvalues
+    from analysis.stats import FeatureStats
+
+    path = Path(report)
+    root = path if path.is_dir() else path.parent
+    rep = Report.read(path)
+    spectra_by_run: dict[str, dict[str, Any]] = {}
+    means_by_run: dict[str, Any] = {}
+    targets_by_run: dict[str, Any] = {}
+    for run, entries in rep.artifacts.get("cache", {}).items():
+        if not entries:
+            continue
+        cache_file = root / list(entries.values())[-1]
+        if not cache_file.is_file():
+            raise FileNotFoundError(f"cache file named by the report is missing: {cache_file}")
+        entry = torch.load(cache_file, map_location="cpu", weights_only=True)
+        split_states = entry["stats"]
+        state = split_states.get("train", next(iter(split_states.values())))
+        st = FeatureStats.from_state_dict(state)
+        spectra_by_run[run] = {
+            r"$\Sigma_W$": eigenvalues(st, "within").numpy(),
+            r"$\Sigma_B$": eigenvalues(st, "between").numpy(),
+            r"$\Sigma_T$": eigenvalues(st, "total").numpy(),
+        }
+        present = st.counts > 0
+        means_by_run[run] = (st.means[present] - st.global_mean).numpy()
+        k = int(present.sum())
+        sim = entry.get("similarity")
+        if sim is not None:
+            targets_by_run[run] = sim[present][:, present].numpy()
+        elif k > 1:
+            etf = np.full((k, k), -1.0 / (k - 1))
+            np.fill_diagonal(etf, 1.0)
+            targets_by_run[run] = etf
+    sweep = None
+    swept = rep.artifacts.get("demo", {}).get("sweep", {})
+    if swept:
+        runs = sorted(swept, key=lambda r: swept[r])
+        splits = sorted({str(r["split"]) for r in rep.rows}, key=_split_key)
+        values: dict[str, list[float]] = {}
+        for split in splits:
+            try:
+                values[split] = [rep.value(r, split, "intra_class_variability") for r in runs]
+            except KeyError:
+                continue
+        if values:
+            sweep = {"x": [float(swept[r]) for r in runs], "values": values}
+    return render_all(
+        rep.rows,
+        out_dir=out_dir,
+        spectra_by_run=spectra_by_run or None,
+        means_by_run=means_by_run or None,
+        targets_by_run=targets_by_run or None,
+        sweep=sweep,
+        formats=formats,
+    )
