@@ -24,7 +24,7 @@ class FrameCosineLoss(nn.Module):
 
     Parameters
     ----------
-    weight : Tensor ``[K, D]`` or a frame with ``.weight`` (and ``.similarity``)
+    frame : Tensor ``[K, D]`` or a frame with ``.weight`` (and ``.similarity``)
         The fixed frame.
     similarity : Tensor ``[K, K]``, optional
         Target cosines; default ``frame.similarity`` if present, else
