@@ -44,6 +44,7 @@ from typing import Any
 
 import geoopt
 import torch
+from geoopt.manifolds.base import ScalingInfo
 
 __all__ = ["Grassmann"]
 
@@ -75,6 +76,8 @@ class Grassmann(geoopt.Manifold):
     name = "Grassmann"
     ndim = 2
     reversible = False
+    # methods beyond geoopt's base API that geoopt.Scaled must rescale
+    __scaling__ = geoopt.Manifold.__scaling__.copy()
 
     # ------------------------------------------------------------------ checks
     def _check_shape(self, shape: tuple[int, ...], name: str) -> tuple[bool, str | None]:
@@ -197,6 +200,7 @@ class Grassmann(geoopt.Manifold):
         """Vector transport by projection onto the horizontal space at ``y``."""
         return self.proju(y, v)
 
+    @__scaling__(ScalingInfo(u=-1))  # under Scaled(., s): along Scaled exp_x(u) = exp_x(u / s)
     def parallel_transp(self, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         r"""Exact parallel transport of ``v`` along :math:`t\mapsto\exp_X(tU)` to :math:`t=1`.
 
