@@ -305,6 +305,11 @@ def _mathtext(name: str) -> str:
     return rf"$\Sigma_{{{m.group(1).upper()}}}$" if m else name
 
 
+def _corner_note(ax: Axes, text: str) -> None:
+    """Small grey note in the top-right corner of ``ax`` (e.g. how many values were skipped)."""
+    ax.text(0.98, 0.98, text, transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.4")
+
+
 def _no_data(ax: Axes, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
@@ -483,16 +488,7 @@ def nc_trajectories(
                 _no_data(ax, "no positive values" if n_skipped else "no data")
                 ax.set_ylim(0.1, 10.0)
             if n_skipped:
-                ax.text(
-                    0.98,
-                    0.98,
-                    f"{n_skipped} non-positive value(s) not shown",
-                    transform=ax.transAxes,
-                    ha="right",
-                    va="top",
-                    fontsize=7,
-                    color="0.4",
-                )
+                _corner_note(ax, f"{n_skipped} non-positive value(s) not shown")
             if drawn and not legend_done:
                 ax.legend(loc="best")
                 legend_done = True
@@ -645,16 +641,7 @@ def spectra(
         ax.set_xlabel("index (descending)")
         ax.set_ylabel("eigenvalue / sum" if normalise else "eigenvalue")
         if n_skipped:
-            ax.text(
-                0.98,
-                0.98,
-                f"{n_skipped} non-positive eigenvalue(s) not shown",
-                transform=ax.transAxes,
-                ha="right",
-                va="top",
-                fontsize=7,
-                color="0.4",
-            )
+            _corner_note(ax, f"{n_skipped} non-positive eigenvalue(s) not shown")
     return fig, ax
 
 
