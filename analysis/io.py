@@ -10,7 +10,9 @@ tensors and plain containers, never pickled objects) or a ``.npz`` file, holding
 
 plus optionally the classifier ``weight [K, D]`` and ``bias [K]`` (top level), ``num_classes``
 (else ``max(label) + 1`` over all splits, or ``weight.shape[0]``) and ``class_names``. In a
-``.npz`` file, split arrays are named ``train/features``, ``train/labels``, ….
+``.npz`` or ``.safetensors`` file, split arrays are named ``train/features``,
+``train/labels``, …; a ``.safetensors`` file keeps ``num_classes`` (an integer string) and
+``class_names`` (a JSON list) in its string metadata, since it holds only tensors.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> FeatureFile:
 
 
 def load_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
-    """Load a feature file (``.pt``/``.pth`` safely with ``weights_only=True``, or ``.npz``).
+    """Load a feature file: ``.pt``/``.pth`` (``weights_only=True``), ``.npz`` or ``.safetensors``.
 
     Raises
     ------
@@ -107,10 +109,44 @@ def load_feature_file(path: str | os.PathLike[str]) -> FeatureFile:
                 else:
                     flat[key] = value
         return _from_mapping(flat, str(p))
+    if p.suffix == ".safetensors":
+        return _from_mapping(_load_safetensors(p), str(p))
     data = _safe_load(p)
     if not isinstance(data, Mapping):
         raise ValueError(f"{p}: expected a dict of tensors, got {type(data).__name__}")
     return _from_mapping(data, str(p))
+
+
+def _load_safetensors(p: Path) -> dict[str, Any]:
+    """Tensors of a ``.safetensors`` file, split keys nested, metadata parsed."""
+    from safetensors import SafetensorError, safe_open
+
+    flat: dict[str, Any] = {}
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            for key in fh.keys():
+                value = fh.get_tensor(key)
+                if "/" in key:
+                    split, name = key.split("/", 1)
+                    flat.setdefault(split, {})[name] = value
+                else:
+                    flat[key] = value
+    except SafetensorError as err:
+        raise ValueError(f"{p}: not a readable safetensors file ({err})") from err
+    if "num_classes" in meta:
+        try:
+            flat["num_classes"] = int(meta["num_classes"])
+        except ValueError as err:
+            raise ValueError(
+                f"{p}: metadata num_classes={meta['num_classes']!r} is not an int"
+            ) from err
+    if "class_names" in meta:
+        try:
+            flat["class_names"] = json.loads(meta["class_names"])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{p}: metadata class_names is not a JSON list") from err
+    return flat
 
 
 def _safe_load(p: Path) -> Any:

@@ -128,3 +128,37 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_safetensors_feature_file_equals_pt(tmp_path):
+    from safetensors.torch import save_file
+
+    x, y, w, b = _data(3)
+    tensors = {
+        "train/features": x[:120].contiguous(),
+        "train/labels": y[:120].contiguous(),
+        "test/features": x[120:].contiguous(),
+        "test/labels": y[120:].contiguous(),
+        "weight": w,
+        "bias": b,
+    }
+    st_path = tmp_path / "feat.safetensors"
+    save_file(tensors, st_path, metadata={"num_classes": "4", "class_names": '["a","b","c","d"]'})
+    data = load_feature_file(st_path)
+    assert data.num_classes == 4 and data.class_names == ["a", "b", "c", "d"]
+    pt_path = tmp_path / "feat.pt"
+    torch.save(
+        {
+            "train": {"features": x[:120], "labels": y[:120]},
+            "test": {"features": x[120:], "labels": y[120:]},
+            "weight": w,
+            "bias": b,
+        },
+        pt_path,
+    )
+    a = analyze_features(data, progress=False)
+    ref = analyze_features(load_feature_file(pt_path), progress=False)
+    assert a == ref
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ValueError, match="safetensors"):
+        load_feature_file(tmp_path / "bad.safetensors")
