@@ -269,6 +269,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             progress=not args.no_progress and rank == 0,
             reduce=(lambda st: st.all_reduce()) if world > 1 else None,
             write_cache=rank == 0,
+            linear_probe=args.linear_probe,
         )
         if rank == 0:
             csv_path, json_path = report.write(args.out)
@@ -367,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="ignore cached results")
+    p.add_argument(
+        "--linear-probe",
+        action="store_true",
+        help="also fit a logistic-regression probe on train features (keeps N x D features)",
+    )
     p.add_argument(
         "--trust-checkpoint",
         action="store_true",

@@ -293,6 +293,7 @@ class ExtractResult:
     ncc_mismatch: dict[str, float] = field(default_factory=dict)
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def extract_split_stats(
@@ -305,6 +306,7 @@ def extract_split_stats(
     progress: bool = True,
     desc: str = "",
     reduce: Callable[[FeatureStats], Any] | None = None,
+    keep_features: bool = False,
 ) -> ExtractResult:
     """Stream every split through ``model``; return statistics, accuracy and NC4 per split.
 
@@ -325,6 +327,9 @@ def extract_split_stats(
         Called on each split's :class:`FeatureStats` after its pass (e.g.
         ``FeatureStats.all_reduce`` under ``torchrun``); counts for accuracy/NC4 are reduced
         with ``torch.distributed`` in that case too.
+    keep_features : bool
+        Also keep every split's features (float32, CPU) and labels in ``result.features`` —
+        ``N × D`` memory, only for what needs the samples themselves (the linear probe).
     """
     dev = torch.device(device)
     model.eval().to(dev)
@@ -338,6 +343,7 @@ def extract_split_stats(
         with torch.inference_mode():
             means: tuple[torch.Tensor, torch.Tensor] | None = None
             for split in order:
+                kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if keep_features else None
                 stats, correct, mism, n = _pass(
                     model,
                     capture,
@@ -347,7 +353,13 @@ def extract_split_stats(
                     means,
                     progress,
                     f"{desc}{split}",
+                    keep=kept,
                 )
+                if kept is not None:
+                    result.features[split] = (
+                        torch.cat([f for f, _ in kept]),
+                        torch.cat([y for _, y in kept]),
+                    )
                 if reduce is not None:
                     reduce(stats)
                     correct, mism, n = _reduce_counts(correct, mism, n, dev)
@@ -395,6 +407,7 @@ def _pass(
     progress: bool,
     desc: str,
     collect: bool = True,
+    keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[FeatureStats, int, int, int]:
     stats: FeatureStats | None = None
     correct = mism = n = 0
@@ -419,6 +432,8 @@ def _pass(
                 stats = FeatureStats(num_classes, int(feats.shape[1]), device=dev)
             stats.update(feats, y)
             correct += int((pred == y).sum())
+            if keep is not None:
+                keep.append((feats.detach().float().cpu(), y.cpu()))
         if means is not None:
             mism += int((_ncc_predict(feats, *means) != pred).sum())
         n += int(y.shape[0])
@@ -440,6 +455,7 @@ def analyze_model(
     similarity: torch.Tensor | None = None,
     desc: str = "",
     reduce: Callable[[FeatureStats], Any] | None = None,
+    linear_probe: bool = False,
 ) -> tuple[dict[str, dict[str, float]], ExtractResult]:
     """Every metric of every split: collapse, spectrum, variability, accuracy, NC4.
 
@@ -449,11 +465,20 @@ def analyze_model(
     ``ncc_mismatch``. A spectrum measure that is undefined for these features (e.g. exact
     collapse) is left out rather than failing the whole checkpoint.
 
+    With ``linear_probe=True`` the features are kept (``N × D``) and
+    :func:`analysis.report.linear_probe` (C chosen on a held-out part of ``train``) adds
+    ``linear_probe_accuracy`` and ``linear_probe_c`` to every non-train split; it needs a
+    ``train`` split and a single process (the probe needs every sample in one place).
+
     Returns
     -------
     (metrics, result)
         ``metrics[split][key] = float``; ``result`` holds the statistics.
     """
+    if linear_probe and ("train" not in loaders or len(loaders) < 2):
+        raise ValueError("linear_probe needs a 'train' split and at least one other split")
+    if linear_probe and reduce is not None:
+        raise ValueError("linear_probe runs in a single process (it needs every sample)")
     result = extract_split_stats(
         model,
         loaders,
@@ -463,6 +488,7 @@ def analyze_model(
         progress=progress,
         desc=desc,
         reduce=reduce,
+        keep_features=linear_probe,
     )
     metrics: dict[str, dict[str, float]] = {}
     for split, stats in result.stats.items():
@@ -474,7 +500,13 @@ def analyze_model(
         m["accuracy"] = result.accuracy[split]
         if split in result.ncc_mismatch:
             m["ncc_mismatch"] = result.ncc_mismatch[split]
+        if linear_probe and split != "train":
+            from analysis.report import linear_probe as probe
+
+            (x_tr, y_tr), (x_te, y_te) = result.features["train"], result.features[split]
+            m.update(probe((x_tr.numpy(), y_tr.numpy()), (x_te.numpy(), y_te.numpy())))
         metrics[split] = m
+    result.features.clear()  # N x D: not kept beyond the probe
     return metrics, result
 
 
@@ -549,6 +581,7 @@ def analyze_checkpoints(
     report: Any = None,
     reduce: Callable[[FeatureStats], Any] | None = None,
     write_cache: bool = True,
+    linear_probe: bool = False,
 ) -> Any:
     """Analyse every checkpoint; cache each one's results and skip cached ones on a rerun.
 
@@ -557,7 +590,9 @@ def analyze_checkpoints(
     the :class:`~analysis.report.Report` and save
     ``out_dir/cache/<run>/<checkpoint stem>.pt`` (metrics, metadata and every split's
     ``FeatureStats.state_dict()``, loadable with ``weights_only=True``). A rerun reuses a cache
-    entry whose recorded checkpoint size and modification time still match, unless ``force``.
+    entry whose recorded checkpoint size and modification time (and analysis options: layer,
+    linear probe, split names) still match, unless ``force``.
+    ``linear_probe`` is passed to :func:`analyze_model`.
 
     Returns
     -------
@@ -570,6 +605,8 @@ def analyze_checkpoints(
     rep = report if report is not None else Report()
     out = Path(out_dir)
     files = list_checkpoints(checkpoints)
+    # what changes the numbers besides the checkpoint itself: a cache entry must match it
+    options = {"layer": layer or "", "linear_probe": linear_probe, "splits": sorted(loaders)}
     bar = tqdm(files, desc=f"{run}: checkpoints", disable=not progress)
     for f in bar:
         cache = out / "cache" / run / f"{f.stem}.pt"
@@ -579,7 +616,9 @@ def analyze_checkpoints(
                 entry = torch.load(cache, map_location="cpu", weights_only=True)
             except Exception:  # an unreadable cache entry is recomputed, not trusted
                 entry = None
-            if entry is not None and entry.get("fingerprint") != _fingerprint(f):
+            if entry is not None and (
+                entry.get("fingerprint") != _fingerprint(f) or entry.get("options") != options
+            ):
                 entry = None
         if entry is None:
             state, meta = load_checkpoint(f, trust=trust)
@@ -598,9 +637,11 @@ def analyze_checkpoints(
                 similarity=similarity,
                 desc=f"{f.stem} ",
                 reduce=reduce,
+                linear_probe=linear_probe,
             )
             entry = {
                 "fingerprint": _fingerprint(f),
+                "options": options,
                 "metrics": metrics,
                 "meta": meta,
                 "stats": {s: st.state_dict() for s, st in result.stats.items()},

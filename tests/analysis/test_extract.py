@@ -219,3 +219,25 @@ def test_linear_probe_separable_and_noise():
     noise = g.standard_normal((300, 3))
     res = linear_probe((noise[:200], y[:200]), (noise[200:], y[200:]))
     assert res["linear_probe_accuracy"] < 0.6
+
+
+def test_linear_probe_option(tmp_path):
+    _checkpoints(tmp_path / "r", n=1)
+    out = tmp_path / "res"
+    argv = ["analyze", str(tmp_path / "r"), *SPEC, "--out", str(out), "--no-progress"]
+    assert main(argv) == 0  # cached without the probe ...
+    assert main([*argv, "--linear-probe"]) == 0  # ... so this run must recompute
+    rep = Report.read(out)
+    acc = rep.value("r", "test", "linear_probe_accuracy")
+    assert 0.5 < acc <= 1.0  # three well-separated Gaussian classes
+    assert "linear_probe_accuracy" not in {r["metric"] for r in rep.rows if r["split"] == "train"}
+    # the probe equals sklearn on the brute-force features
+    m = tiny_model.model()
+    m.load_state_dict(torch.load(tmp_path / "r" / "epoch1.pt", weights_only=True)["model"])
+    data = tiny_model.data()
+    with torch.no_grad():
+        f = {s: m.body(ds.tensors[0]).float().numpy() for s, ds in data.items()}
+    ref = linear_probe(
+        (f["train"], data["train"].tensors[1].numpy()), (f["test"], data["test"].tensors[1].numpy())
+    )
+    assert acc == pytest.approx(ref["linear_probe_accuracy"])
