@@ -85,13 +85,15 @@ def _build(head: Callable[[], nn.Module]) -> DigitsNet:
     return DigitsNet(head())
 
 
-def _class_hierarchy(x: torch.Tensor, y: torch.Tensor) -> Any:
-    from scipy.cluster.hierarchy import linkage
+def _class_hierarchy(x: torch.Tensor, y: torch.Tensor) -> tuple[Any, list[int]]:
+    from scipy.cluster.hierarchy import leaves_list, linkage
 
     from geomtools.frames import Hierarchy
 
     means = np.stack([x[y == c].double().mean(0).numpy() for c in range(NUM_CLASSES)])
-    return Hierarchy.from_linkage(linkage(means, method="ward"), list(range(NUM_CLASSES)))
+    z = linkage(means, method="ward")
+    # (hierarchy, dendrogram leaf order: siblings adjacent, for the cosine heatmaps)
+    return Hierarchy.from_linkage(z, list(range(NUM_CLASSES))), [int(i) for i in leaves_list(z)]
 
 
 def _runs(data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, dict[str, Any]]:
@@ -100,7 +102,7 @@ def _runs(data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, dict[
     from geomtools.nn import FixedFrameHead, GrassmannHead
 
     etf = simplex_etf(NUM_CLASSES, FEATURE_DIM, seed=0)
-    hier = _class_hierarchy(*data["train"])
+    hier, leaves = _class_hierarchy(*data["train"])
     haf = haframe(hier.lca_distances(), FEATURE_DIM, gamma=2.0, seed=0)
     ce = nn.CrossEntropyLoss()
     runs: dict[str, dict[str, Any]] = {
@@ -110,6 +112,7 @@ def _runs(data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, dict[
             "head": lambda: FixedFrameHead(haf),
             "loss": FrameCosineLoss(haf, alpha=0.5),
             "similarity": haf.similarity,
+            "class_order": leaves,
         },
     }
     for k in (1, 2, 4):
@@ -236,6 +239,9 @@ def _run_demo(
             report=report,
             force=force,
         )
+    report.artifacts["class_order"] = {
+        n: s["class_order"] for n, s in runs.items() if "class_order" in s
+    }
     report.artifacts["demo"] = {
         "epochs": epochs,
         "seed": seed,

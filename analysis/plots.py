@@ -911,6 +911,7 @@ def render_all(
     sweep: Mapping[str, Any] | None = None,
     recalls: Mapping[str, Mapping[int, float]] | None = None,
     formats: Sequence[str] = ("pdf", "png"),
+    orders_by_run: Mapping[str, Sequence[int]] | None = None,
 ) -> list[Path]:
     """Render every figure for one tidy table into ``out_dir``; return the paths written.
 
@@ -940,6 +941,9 @@ def render_all(
         Run → class vectors ``[K, D]``.
     targets_by_run : mapping, optional
         Run → target cosine matrix ``[K, K]``; every key must be in ``means_by_run``.
+    orders_by_run : mapping, optional
+        Run → class order of its heatmap (e.g. the leaves of a hierarchy, so that sibling
+        classes sit together).
     sweep : mapping, optional
         Keyword arguments of :func:`variability_sweep`: ``x``, ``values`` and optionally
         ``xlabel``, ``ylabel``.
@@ -963,6 +967,7 @@ def render_all(
     all_rows = _check_rows(rows, fn)
     targets = dict(targets_by_run or {})
     means = dict(means_by_run or {})
+    orders = dict(orders_by_run or {})
     extra = sorted(set(targets) - set(means))
     if extra:
         raise ValueError(f"{fn}: targets_by_run has runs without means_by_run: {extra}")
@@ -991,7 +996,7 @@ def render_all(
         fig, _ = spectra(eig)
         emit(fig, f"spectra_{_safe_name(str(run))}")
     for run, vec in means.items():
-        fig, _ = cosine_heatmap(vec, target=targets.get(run))
+        fig, _ = cosine_heatmap(vec, target=targets.get(run), order=orders.get(run))
         emit(fig, f"cosines_{_safe_name(str(run))}")
     if sweep is not None:
         fig, _ = variability_sweep(**sweep)
@@ -1019,7 +1024,8 @@ def render_report(
       (:func:`analysis.spectrum.eigenvalues`);
     * ``cosines_<run>`` — cosines of the globally centred class means, with the deviation
       from the run's target frame similarity when one was analysed (HAFrame), else from the
-      simplex ETF (off-diagonal −1/(K−1));
+      simplex ETF (off-diagonal −1/(K−1)); classes in the order of
+      ``artifacts["class_order"][run]`` when present (hierarchy leaves);
 
     and ``artifacts["demo"]["sweep"]`` (run → swept value, e.g. GCR subspace dim k) gives
     ``variability_sweep``: the intra-class variability of the last checkpoint per split.
@@ -1080,6 +1086,12 @@ def render_report(
             etf = np.full((k, k), -1.0 / (k - 1))
             np.fill_diagonal(etf, 1.0)
             targets_by_run[run] = etf
+    # hierarchy leaf order per run, when the analysis recorded one (the demo's HAFrame run)
+    orders_by_run = {
+        run: [int(i) for i in order]
+        for run, order in rep.artifacts.get("class_order", {}).items()
+        if run in means_by_run and len(order) == len(means_by_run[run])
+    }
     sweep = None
     swept = rep.artifacts.get("demo", {}).get("sweep", {})
     if swept:
@@ -1101,4 +1113,5 @@ def render_report(
         targets_by_run=targets_by_run or None,
         sweep=sweep,
         formats=formats,
+        orders_by_run=orders_by_run or None,
     )
