@@ -18,7 +18,17 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["centroid", "expmap", "minkowski_inner", "origin_like", "project"]
+__all__ = [
+    "add_time",
+    "centroid",
+    "concat",
+    "expmap",
+    "max_distance",
+    "minkowski_inner",
+    "origin_like",
+    "project",
+    "rescale_distance",
+]
 
 
 def _as_k(k: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -180,3 +190,130 @@ def expmap(x: torch.Tensor, u: torch.Tensor, k: float | torch.Tensor) -> torch.T
     t2 = theta * theta
     sinhc = torch.where(small, 1.0 + t2 / 6.0, torch.sinh(safe) / safe)
     return project(torch.cosh(theta) * x + sinhc * u, k_t)
+
+
+def add_time(space: torch.Tensor, k: float | torch.Tensor) -> torch.Tensor:
+    r"""Point on the hyperboloid with the given space part: :math:`(\sqrt{k + \|x_s\|^2}, x_s)`.
+
+    Parameters
+    ----------
+    space : Tensor
+        ``[..., d]`` space coordinates.
+    k : float or Tensor
+        geoopt's Lorentz parameter, ``k > 0``.
+
+    Returns
+    -------
+    Tensor
+        ``[..., d + 1]``.
+    """
+    time = torch.sqrt(_as_k(k, space) + (space * space).sum(dim=-1, keepdim=True))
+    return torch.cat([time, space], dim=-1)
+
+
+def concat(
+    points: list[torch.Tensor] | tuple[torch.Tensor, ...], k: float | torch.Tensor
+) -> torch.Tensor:
+    r"""Direct concatenation of Lorentz points (HCNN, Bdeir et al. 2024), exact for any ``k``.
+
+    Space parts are concatenated and the time recomputed:
+    :math:`y = (\sqrt{k + \sum_i \|x_{s,i}\|^2},\ x_{s,1}, \dots, x_{s,n})`, which equals
+    :math:`\sqrt{\sum_i x_{0,i}^2 - (n-1)k}`. The reference code subtracts :math:`(n-1)`
+    instead of :math:`(n-1)k`, which leaves the hyperboloid whenever :math:`k \ne 1`.
+
+    Parameters
+    ----------
+    points : list of Tensor
+        ``[..., d_i + 1]`` points with equal leading dims.
+    k : float or Tensor
+
+    Returns
+    -------
+    Tensor
+        ``[..., sum_i d_i + 1]``.
+    """
+    if len(points) == 0:
+        raise ValueError("concat needs at least one point tensor")
+    lead = points[0].shape[:-1]
+    for i, p in enumerate(points):
+        if p.shape[:-1] != lead:
+            raise ValueError(
+                f"concat: point tensor {i} has leading shape {tuple(p.shape[:-1])}, "
+                f"expected {tuple(lead)}"
+            )
+    return add_time(torch.cat([p[..., 1:] for p in points], dim=-1), k)
+
+
+def max_distance(dtype: torch.dtype, k: float | torch.Tensor = 1.0) -> float:
+    r"""Largest distance to the origin at which ``dtype`` still holds a point on the hyperboloid.
+
+    A point at distance :math:`d` has :math:`x_0 \approx \tfrac{\sqrt k}{2} e^{d/\sqrt k}`;
+    rounding its coordinates to relative precision :math:`\epsilon` perturbs
+    :math:`\langle x, x\rangle_{\mathcal L} = -k` by about :math:`\epsilon x_0^2`. Asking
+    that this stays below :math:`\sqrt\epsilon\,k` (the constraint keeps half the digits)
+    gives
+
+    .. math:: D = \frac{\sqrt k}{4}\,\ln\frac{16}{\epsilon},
+
+    with :math:`\epsilon` = ``torch.finfo(dtype).eps``: 1.91√k for bfloat16, 2.43√k for
+    float16, 4.68√k for float32, 9.70√k for float64. One bound per dtype, used for every
+    rescaling (the reference code mixes two different maxima in one class).
+    """
+    import math
+
+    eps = torch.finfo(dtype).eps
+    return 0.25 * math.sqrt(float(k)) * math.log(16.0 / eps)
+
+
+def rescale_distance(
+    x: torch.Tensor,
+    k: float | torch.Tensor,
+    *,
+    max_dist: float | None = None,
+    tau: float | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    r"""Squash the distance to the origin: :math:`d \mapsto D\tanh(\tau d)` along the geodesic.
+
+    With :math:`d = \sqrt k\,\operatorname{arccosh}(x_0/\sqrt k)` and
+    :math:`u = x_s/\|x_s\|`, the result is
+    :math:`(\sqrt k\cosh(d'/\sqrt k),\ \sqrt k\sinh(d'/\sqrt k)\,u)` with
+    :math:`d' = D\tanh(\tau d) < D`: the direction from the origin is kept, and every point
+    stays within the distance the working dtype represents (Bdeir et al. 2024, who use it to
+    keep float16 training finite). The distance is computed as
+    :math:`\sqrt k\,\operatorname{asinh}(\|x_s\|/\sqrt k)`, accurate near the origin.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``[..., d + 1]`` points.
+    k : float or Tensor
+    max_dist : float, optional
+        :math:`D`; default :func:`max_distance` of ``dtype``.
+    tau : float, optional
+        Slope at the origin divided by :math:`D`; default :math:`1/D`, so that
+        :math:`d' = D\tanh(d/D) \approx d` for :math:`d \ll D`.
+    dtype : torch.dtype, optional
+        The dtype the points must survive in (default: ``x.dtype``; pass ``torch.float16``
+        when the network runs under float16 autocast).
+
+    Returns
+    -------
+    Tensor
+        ``[..., d + 1]`` in ``x.dtype`` (computed in at least float32).
+    """
+    wd = _work_dtype(x)
+    xw = x.to(wd)
+    k_t = _as_k(k, xw)
+    sk = torch.sqrt(k_t)
+    big = max_distance(dtype or x.dtype, float(k_t)) if max_dist is None else float(max_dist)
+    if not big > 0:
+        raise ValueError(f"max_dist must be positive, got {big}")
+    t = 1.0 / big if tau is None else float(tau)
+    space = xw[..., 1:]
+    norm = torch.linalg.vector_norm(space, dim=-1, keepdim=True)
+    d = sk * torch.asinh(norm / sk)
+    d_new = big * torch.tanh(t * d)
+    unit = space / norm.clamp_min(torch.finfo(wd).tiny)
+    new_space = sk * torch.sinh(d_new / sk) * unit
+    return add_time(new_space, k_t).to(x.dtype)

@@ -106,3 +106,67 @@ def test_expmap_exact_at_zero_and_agrees_with_geoopt(k: float) -> None:
     # geoopt's own expmap moves a point under a zero step by cosh(1e-4 / sqrt k) - 1 ~ 5e-9/k
     drift = (man.expmap(x, torch.zeros_like(x)) - x)[..., 1:].abs() / x[..., 1:].abs()
     assert float(drift.max()) == pytest.approx(5e-9 / k, rel=1e-3)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_concat_exact_for_any_k(k: float) -> None:
+    a, b, c = _points(k, 4, 3, seed=7), _points(k, 4, 5, seed=8), _points(k, 4, 2, seed=9)
+    y = lorentz.concat([a, b, c], k)
+    assert y.shape == (4, 1 + 2 + 4 + 1)
+    torch.testing.assert_close(lorentz.minkowski_inner(y, y), torch.full((4,), -k, dtype=F64))
+    torch.testing.assert_close(y[..., 1:], torch.cat([a[..., 1:], b[..., 1:], c[..., 1:]], -1))
+    # the time equals sqrt(sum x0^2 - (n - 1) k) ...
+    t = torch.sqrt(a[..., 0] ** 2 + b[..., 0] ** 2 + c[..., 0] ** 2 - 2 * k)
+    torch.testing.assert_close(y[..., 0], t)
+    # ... and the reference formula (n - 1 instead of (n - 1) k) is off the manifold for k != 1
+    wrong = torch.sqrt(a[..., 0] ** 2 + b[..., 0] ** 2 + c[..., 0] ** 2 - 2)
+    assert bool(torch.allclose(wrong, t)) == (k == 1.0)
+    with pytest.raises(ValueError, match="leading shape"):
+        lorentz.concat([a, b[:2]], k)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_add_time_and_centroid_permutation_invariance(k: float) -> None:
+    x = _points(k, 6, 4, seed=10)
+    torch.testing.assert_close(lorentz.add_time(x[..., 1:], k), x, rtol=1e-12, atol=1e-12)
+    w = torch.rand(6, generator=torch.Generator().manual_seed(3), dtype=F64)
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(lorentz.centroid(x[perm], k, w[perm]), lorentz.centroid(x, k, w))
+
+
+@pytest.mark.parametrize("k", KS)
+def test_rescale_distance_keeps_direction_and_bounds_distance(k: float) -> None:
+    man = geoopt.Lorentz(k=torch.tensor(k, dtype=F64))
+    x = _points(k, 50, 5, seed=11, scale=4.0)
+    o = man.origin(50, 5, dtype=F64)
+    big = lorentz.max_distance(torch.float16, k)
+    y = lorentz.rescale_distance(x, k, dtype=torch.float16)
+    torch.testing.assert_close(lorentz.minkowski_inner(y, y), torch.full((50,), -k, dtype=F64))
+    d, d_new = man.dist(o, x), man.dist(o, y)
+    torch.testing.assert_close(d_new, big * torch.tanh(d / big), rtol=1e-9, atol=1e-9)
+    assert float(d_new.max()) < big
+    cos = torch.nn.functional.cosine_similarity(x[..., 1:], y[..., 1:], dim=-1)
+    torch.testing.assert_close(cos, torch.ones(50, dtype=F64))
+    # near the origin it is the identity to first order
+    tiny = _points(k, 5, 5, seed=12, scale=1e-4)
+    torch.testing.assert_close(lorentz.rescale_distance(tiny, k), tiny, rtol=1e-7, atol=1e-12)
+    # the origin stays put
+    assert torch.equal(lorentz.rescale_distance(o, k), o)
+
+
+def test_rescaled_points_survive_float16() -> None:
+    k = 1.0
+    x = _points(k, 200, 9, seed=13, scale=6.0)  # distances up to ~30: x0 ~ e^30 overflows fp16
+    raw = x.to(torch.float16)
+    assert not bool(torch.isfinite(raw).all())
+    y = lorentz.rescale_distance(x, k, dtype=torch.float16).to(torch.float16)
+    assert bool(torch.isfinite(y).all())
+    err = (lorentz.minkowski_inner(y.double(), y.double()) + k).abs() / k
+    # D keeps the constraint to ~sqrt(eps_fp16) = 0.031 after rounding to float16
+    assert float(err.max()) < 0.05
+
+
+def test_max_distance_values() -> None:
+    assert lorentz.max_distance(torch.float16) == pytest.approx(2.426, abs=1e-3)
+    assert lorentz.max_distance(torch.bfloat16) == pytest.approx(1.906, abs=1e-3)
+    assert lorentz.max_distance(torch.float32, 4.0) == pytest.approx(2 * 4.679, abs=1e-3)
