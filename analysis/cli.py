@@ -270,6 +270,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             reduce=(lambda st: st.all_reduce()) if world > 1 else None,
             write_cache=rank == 0,
             linear_probe=args.linear_probe,
+            recall_ks=args.recall,
         )
         if rank == 0:
             csv_path, json_path = report.write(args.out)
@@ -372,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--linear-probe",
         action="store_true",
         help="also fit a logistic-regression probe on train features (keeps N x D features)",
+    )
+    p.add_argument(
+        "--recall",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="K",
+        help="also Recall@K of the features per split, e.g. --recall 1 4 (keeps N x D features)",
     )
     p.add_argument(
         "--trust-checkpoint",

@@ -238,6 +238,7 @@ def _run_demo(
             progress=progress,
             report=report,
             force=force,
+            recall_ks=(1, 2, 4, 8),
         )
     report.artifacts["class_order"] = {
         n: s["class_order"] for n, s in runs.items() if "class_order" in s

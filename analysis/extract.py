@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -456,6 +456,7 @@ def analyze_model(
     desc: str = "",
     reduce: Callable[[FeatureStats], Any] | None = None,
     linear_probe: bool = False,
+    recall_ks: Sequence[int] = (),
 ) -> tuple[dict[str, dict[str, float]], ExtractResult]:
     """Every metric of every split: collapse, spectrum, variability, accuracy, NC4.
 
@@ -470,6 +471,10 @@ def analyze_model(
     ``linear_probe_accuracy`` and ``linear_probe_c`` to every non-train split; it needs a
     ``train`` split and a single process (the probe needs every sample in one place).
 
+    With ``recall_ks`` (e.g. ``(1, 2, 4, 8)``) the features are kept as well and every
+    split gets ``recall@K`` = :func:`analysis.retrieval.recall_at_k` (cosine, each sample a
+    query against the rest of its split). Single process only.
+
     Returns
     -------
     (metrics, result)
@@ -477,8 +482,8 @@ def analyze_model(
     """
     if linear_probe and ("train" not in loaders or len(loaders) < 2):
         raise ValueError("linear_probe needs a 'train' split and at least one other split")
-    if linear_probe and reduce is not None:
-        raise ValueError("linear_probe runs in a single process (it needs every sample)")
+    if (linear_probe or recall_ks) and reduce is not None:
+        raise ValueError("linear_probe / recall run in a single process (they need every sample)")
     result = extract_split_stats(
         model,
         loaders,
@@ -488,7 +493,7 @@ def analyze_model(
         progress=progress,
         desc=desc,
         reduce=reduce,
-        keep_features=linear_probe,
+        keep_features=linear_probe or bool(recall_ks),
     )
     metrics: dict[str, dict[str, float]] = {}
     for split, stats in result.stats.items():
@@ -505,6 +510,12 @@ def analyze_model(
 
             (x_tr, y_tr), (x_te, y_te) = result.features["train"], result.features[split]
             m.update(probe((x_tr.numpy(), y_tr.numpy()), (x_te.numpy(), y_te.numpy())))
+        if recall_ks:
+            from analysis.retrieval import recall_at_k
+
+            feats, labels = result.features[split]
+            for kk, r in recall_at_k(feats, labels, tuple(recall_ks)).items():
+                m[f"recall@{kk}"] = r
         metrics[split] = m
     result.features.clear()  # N x D: not kept beyond the probe
     return metrics, result
@@ -582,6 +593,7 @@ def analyze_checkpoints(
     reduce: Callable[[FeatureStats], Any] | None = None,
     write_cache: bool = True,
     linear_probe: bool = False,
+    recall_ks: Sequence[int] = (),
 ) -> Any:
     """Analyse every checkpoint; cache each one's results and skip cached ones on a rerun.
 
@@ -592,7 +604,7 @@ def analyze_checkpoints(
     ``FeatureStats.state_dict()``, loadable with ``weights_only=True``). A rerun reuses a cache
     entry whose recorded checkpoint size and modification time (and analysis options: layer,
     linear probe, split names) still match, unless ``force``.
-    ``linear_probe`` is passed to :func:`analyze_model`.
+    ``linear_probe`` and ``recall_ks`` are passed to :func:`analyze_model`.
 
     Returns
     -------
@@ -606,7 +618,12 @@ def analyze_checkpoints(
     out = Path(out_dir)
     files = list_checkpoints(checkpoints)
     # what changes the numbers besides the checkpoint itself: a cache entry must match it
-    options = {"layer": layer or "", "linear_probe": linear_probe, "splits": sorted(loaders)}
+    options = {
+        "layer": layer or "",
+        "linear_probe": linear_probe,
+        "recall_ks": [int(q) for q in recall_ks],
+        "splits": sorted(loaders),
+    }
     bar = tqdm(files, desc=f"{run}: checkpoints", disable=not progress)
     for f in bar:
         cache = out / "cache" / run / f"{f.stem}.pt"
@@ -638,6 +655,7 @@ def analyze_checkpoints(
                 desc=f"{f.stem} ",
                 reduce=reduce,
                 linear_probe=linear_probe,
+                recall_ks=recall_ks,
             )
             entry = {
                 "fingerprint": _fingerprint(f),

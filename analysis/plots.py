@@ -1029,6 +1029,8 @@ def render_report(
 
     and ``artifacts["demo"]["sweep"]`` (run → swept value, e.g. GCR subspace dim k) gives
     ``variability_sweep``: the intra-class variability of the last checkpoint per split.
+    ``recall@K`` rows (``geomtools analyze --recall``) give ``recall_bars`` for each run's last
+    checkpoint on the ``test`` split.
 
     Parameters
     ----------
@@ -1105,9 +1107,23 @@ def render_report(
                 continue
         if values:
             sweep = {"x": [float(swept[r]) for r in runs], "values": values}
+    # Recall@K of each run's last checkpoint on the test split (else the last split listed)
+    recalls: dict[str, dict[int, float]] = {}
+    for run in dict.fromkeys(str(r["run"]) for r in rep.rows):
+        rows = [r for r in rep.rows if r["run"] == run and str(r["metric"]).startswith("recall@")]
+        if not rows:
+            continue
+        split = "test" if any(r["split"] == "test" for r in rows) else str(rows[-1]["split"])
+        last = [r for r in rows if r["split"] == split][-1]["checkpoint"]
+        recalls[run] = {
+            int(str(r["metric"]).split("@", 1)[1]): float(r["value"])
+            for r in rows
+            if r["split"] == split and r["checkpoint"] == last
+        }
     return render_all(
         rep.rows,
         out_dir=out_dir,
+        recalls=recalls or None,
         spectra_by_run=spectra_by_run or None,
         means_by_run=means_by_run or None,
         targets_by_run=targets_by_run or None,

@@ -35,6 +35,7 @@ def test_demo_writes_checkpoints_report_and_figures(demo_out: Path) -> None:
         assert rep.value(run, "test", "accuracy") > 0.5  # learned something in 2 epochs
         assert {r["epoch"] for r in rep.rows if r["run"] == run} == {1, 2}
     assert "frame_distance" in {r["metric"] for r in rep.rows if r["run"] == "haframe"}
+    assert 0.5 < rep.value("linear", "test", "recall@1") <= rep.value("linear", "test", "recall@8")
     assert "self_duality" not in {r["metric"] for r in rep.rows if r["run"] == "gcr-k2"}
     names = {p.name for p in (demo_out / "figures").iterdir()}
     for stem in [
@@ -43,6 +44,7 @@ def test_demo_writes_checkpoints_report_and_figures(demo_out: Path) -> None:
         "spectra_haframe",
         "cosines_gcr-k4",
         "variability_sweep",
+        "recall_bars",
     ]:
         for fmt in ("pdf", "png"):
             assert f"{stem}.{fmt}" in names
@@ -65,7 +67,7 @@ def test_plot_is_byte_reproducible(demo_out: Path, tmp_path: Path) -> None:
     a, b = demo_out / "figures", tmp_path / "b"
     assert main(["plot", str(demo_out), "--out", str(b)]) == 0
     files = sorted(p.name for p in a.iterdir())
-    assert files == sorted(p.name for p in b.iterdir()) and len(files) == 32
+    assert files == sorted(p.name for p in b.iterdir()) and len(files) == 34
     for name in files:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 

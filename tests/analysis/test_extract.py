@@ -241,3 +241,20 @@ def test_linear_probe_option(tmp_path):
         (f["train"], data["train"].tensors[1].numpy()), (f["test"], data["test"].tensors[1].numpy())
     )
     assert acc == pytest.approx(ref["linear_probe_accuracy"])
+
+
+def test_recall_option_matches_retrieval_on_features(tmp_path):
+    from analysis.retrieval import recall_at_k
+
+    _checkpoints(tmp_path / "r", n=1)
+    out = tmp_path / "res"
+    argv = ["analyze", str(tmp_path / "r"), *SPEC, "--out", str(out), "--no-progress"]
+    assert main([*argv, "--recall", "1", "4"]) == 0
+    rep = Report.read(out)
+    m = tiny_model.model()
+    m.load_state_dict(torch.load(tmp_path / "r" / "epoch1.pt", weights_only=True)["model"])
+    ds = tiny_model.data()["test"]
+    with torch.no_grad():
+        ref = recall_at_k(m.body(ds.tensors[0]), ds.tensors[1], (1, 4))
+    assert rep.value("r", "test", "recall@1") == ref[1]
+    assert rep.value("r", "test", "recall@4") == ref[4]
