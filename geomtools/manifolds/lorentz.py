@@ -162,7 +162,8 @@ def expmap(x: torch.Tensor, u: torch.Tensor, k: float | torch.Tensor) -> torch.T
         \exp_x(u) = \cosh\theta\,x + \frac{\sinh\theta}{\theta}\,u, \qquad
         \theta = \frac{\|u\|_{\mathcal L}}{\sqrt k},
 
-    with :math:`\sinh\theta/\theta` from its Taylor series for :math:`\theta < 10^{-4}`;
+    with :math:`\cosh\theta` and :math:`\sinh\theta/\theta` from their Taylor series in
+    :math:`\theta^2` for :math:`\theta < 10^{-4}` (so the gradient is finite at ``u = 0``);
     the time coordinate is then recomputed (:func:`project`). geoopt's ``Lorentz.expmap``
     clamps :math:`\|u\|^2_{\mathcal L}` at :math:`10^{-8}`, so its
     :math:`\exp_x(0)` scales the space part by :math:`\cosh(10^{-4}/\sqrt k)`, a relative
@@ -184,12 +185,12 @@ def expmap(x: torch.Tensor, u: torch.Tensor, k: float | torch.Tensor) -> torch.T
         ``[..., d + 1]`` on the hyperboloid.
     """
     k_t = _as_k(k, x)
-    theta = torch.sqrt(minkowski_inner(u, u, keepdim=True).clamp_min(0.0)) / torch.sqrt(k_t)
-    small = theta < 1e-4
-    safe = torch.where(small, torch.ones_like(theta), theta)
-    t2 = theta * theta
-    sinhc = torch.where(small, 1.0 + t2 / 6.0, torch.sinh(safe) / safe)
-    return project(torch.cosh(theta) * x + sinhc * u, k_t)
+    t2 = minkowski_inner(u, u, keepdim=True).clamp_min(0.0) / k_t  # θ², no sqrt at 0
+    small = t2 < 1e-8
+    theta = torch.sqrt(torch.where(small, torch.ones_like(t2), t2))  # finite gradient at u = 0
+    cosh = torch.where(small, 1.0 + t2 / 2.0, torch.cosh(theta))
+    sinhc = torch.where(small, 1.0 + t2 / 6.0, torch.sinh(theta) / theta)
+    return project(cosh * x + sinhc * u, k_t)
 
 
 def add_time(space: torch.Tensor, k: float | torch.Tensor) -> torch.Tensor:

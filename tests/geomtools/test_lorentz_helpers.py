@@ -170,3 +170,13 @@ def test_max_distance_values() -> None:
     assert lorentz.max_distance(torch.float16) == pytest.approx(2.426, abs=1e-3)
     assert lorentz.max_distance(torch.bfloat16) == pytest.approx(1.906, abs=1e-3)
     assert lorentz.max_distance(torch.float32, 4.0) == pytest.approx(2 * 4.679, abs=1e-3)
+
+
+def test_expmap_gradient_finite_at_zero() -> None:
+    x = _points(1.0, 3, 4, seed=14)
+    u = torch.zeros(3, 4, dtype=F64, requires_grad=True)
+    lorentz.expmap(x, u, 1.0).sum().backward()
+    assert u.grad is not None and bool(torch.isfinite(u.grad).all())
+    # d/du exp_x(u) at 0 is the identity on tangent vectors: the gradient of sum(y) is 1
+    # through the space part (time is recomputed from it)
+    assert torch.allclose(u.grad[:, 1:], (1 + x[:, 1:] / x[:, :1]), atol=1e-12)
