@@ -25,8 +25,9 @@ Distances are those of the Poincaré ball of curvature :math:`-c`,
 computed as :math:`\frac{1}{\sqrt c}\operatorname{arcosh}\bigl(1 + \frac{2c\|x-y\|^2}
 {(1-c\|x\|^2)(1-c\|y\|^2)}\bigr)` in float32 or better (float64: 3e-16 relative against
 50-digit arithmetic, where geoopt's ``PoincareBall.dist`` is off by 1.6e-7). Embeddings and
-proxies enter as Euclidean vectors mapped by the clipped exponential map at the origin (feature clipping of
-Guo et al. 2022, radius ``clip_r``), as in the paper's setting (c = 0.1, r = 2.3).
+proxies enter as Euclidean vectors mapped by the clipped exponential map at the origin
+(feature clipping of Guo et al. 2022, radius ``clip_r``), as in the paper's setting
+(c = 0.1, r = 2.3).
 
 Decisions beyond the paper: the mining samples with a ``torch.Generator`` (reproducible) and
 never picks the anchor itself as a negative; anchors with fewer than two mutual neighbours
