@@ -142,9 +142,9 @@ def _expmap0(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     r"""Exponential map at the origin of the space vector ``u`` ``[..., d]`` → ``[..., d + 1]``.
 
     :math:`\exp_o((0, u)) = (\sqrt k\cosh\theta,\ \tfrac{\sinh\theta}{\theta}\,u)`,
-    :math:`\theta = \|u\|/\sqrt k`, time recomputed by ``add_time`` (in float64). Unlike
-    ``geomtools.manifolds.lorentz.expmap`` (whose :math:`\sqrt{\|u\|^2}` has an infinite
-    derivative at 0), the gradient is finite at ``u = 0``.
+    :math:`\theta = \|u\|/\sqrt k`, time recomputed by ``add_time`` (in float64); the
+    Taylor branch in :math:`\|u\|^2` keeps the gradient finite at ``u = 0``. A specialised
+    form of ``geomtools.manifolds.lorentz.expmap`` at the origin that takes the space part only.
     """
     n2 = (u * u).sum(dim=-1, keepdim=True)
     small = n2 < (_SMALL * _SMALL) * k
