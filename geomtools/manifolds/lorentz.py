@@ -22,7 +22,10 @@ __all__ = [
     "add_time",
     "centroid",
     "concat",
+    "exp0_space",
     "expmap",
+    "expmap0",
+    "logmap0",
     "max_distance",
     "minkowski_inner",
     "origin_like",
@@ -306,15 +309,57 @@ def rescale_distance(
     wd = _work_dtype(x)
     xw = x.to(wd)
     k_t = _as_k(k, xw)
-    sk = torch.sqrt(k_t)
     big = max_distance(dtype or x.dtype, float(k_t)) if max_dist is None else float(max_dist)
     if not big > 0:
         raise ValueError(f"max_dist must be positive, got {big}")
     t = 1.0 / big if tau is None else float(tau)
-    space = xw[..., 1:]
-    norm = torch.linalg.vector_norm(space, dim=-1, keepdim=True)
-    d = sk * torch.asinh(norm / sk)
-    d_new = big * torch.tanh(t * d)
-    unit = space / norm.clamp_min(torch.finfo(wd).tiny)
-    new_space = sk * torch.sinh(d_new / sk) * unit
-    return add_time(new_space, k_t).to(x.dtype)
+    v = logmap0(xw, k_t)  # |v| = d, the distance to the origin
+    d = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+    shrink = big * torch.tanh(t * d) / d.clamp_min(torch.finfo(wd).tiny)
+    return expmap0(shrink * v, k_t).to(x.dtype)
+
+
+_SMALL = 1e-4  # below this |v| / sqrt(k) the sinh / asinh ratios use their Taylor series
+
+
+def exp0_space(v: torch.Tensor, k: float | torch.Tensor) -> torch.Tensor:
+    r"""Space part of :math:`\exp_o((0, v))`: :math:`\tfrac{\sinh\theta}{\theta}\,v`.
+
+    :math:`\theta = \|v\|/\sqrt k`; the Taylor branch in :math:`\|v\|^2` keeps the gradient
+    finite at ``v = 0``. ``[..., d]`` → ``[..., d]``; :func:`expmap0` adds the time.
+    """
+    k_t = _as_k(k, v)
+    n2 = (v * v).sum(dim=-1, keepdim=True)
+    small = n2 < (_SMALL * _SMALL) * k_t
+    theta = torch.sqrt(torch.where(small, torch.ones_like(n2), n2) / k_t)
+    sinhc = torch.where(small, 1.0 + n2 / (6.0 * k_t), torch.sinh(theta) / theta)
+    return sinhc * v
+
+
+def expmap0(v: torch.Tensor, k: float | torch.Tensor) -> torch.Tensor:
+    r"""Exponential map at the origin of the tangent vector :math:`(0, v)`, ``[..., d]`` in.
+
+    .. math:: \exp_o((0, v)) = \Big(\sqrt k\cosh\theta,\ \frac{\sinh\theta}{\theta}\,v\Big),
+        \qquad \theta = \|v\|/\sqrt k,
+
+    with the time recomputed from the space part (:func:`add_time`); exact and with a finite
+    gradient at ``v = 0``. Returns ``[..., d + 1]``.
+    """
+    return add_time(exp0_space(v, k), k)
+
+
+def logmap0(x: torch.Tensor, k: float | torch.Tensor) -> torch.Tensor:
+    r"""Space part of :math:`\log_o(x)`: :math:`\tfrac{\operatorname{asinh} z}{z}\,x_s`.
+
+    :math:`z = \|x_s\|/\sqrt k`, so :math:`\|\log_o x\| = d(o, x)`. Reads the space part only
+    (accurate near the origin, where :math:`\operatorname{arccosh}(x_0/\sqrt k)` loses half the
+    digits); Taylor branch for small :math:`z`, so the gradient is finite at ``x = o``.
+    ``[..., d + 1]`` → ``[..., d]``.
+    """
+    k_t = _as_k(k, x)
+    xs = x[..., 1:]
+    n2 = (xs * xs).sum(dim=-1, keepdim=True)
+    small = n2 < (_SMALL * _SMALL) * k_t
+    z = torch.sqrt(torch.where(small, torch.ones_like(n2), n2) / k_t)
+    asinhc = torch.where(small, 1.0 - n2 / (6.0 * k_t), torch.asinh(z) / z)
+    return asinhc * xs

@@ -49,11 +49,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from geomtools.manifolds.lorentz import (
+    _work_dtype,
     add_time,
     centroid,
     concat,
+    exp0_space,
     minkowski_inner,
 )
+from geomtools.manifolds.lorentz import logmap0 as _logmap0
 
 __all__ = [
     "EuclideanToLorentz",
@@ -64,16 +67,8 @@ __all__ = [
     "LorentzMLR",
 ]
 
-_SMALL = 1e-4  # below this |u| / sqrt(k) the sinh / asinh ratios use their Taylor series
-
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    if not x.is_floating_point():
-        raise TypeError(f"expected a float tensor, got {x.dtype}")
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _no_autocast(x: torch.Tensor) -> torch.autocast:
@@ -139,33 +134,11 @@ def _add_time(space: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def _expmap0(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    r"""Exponential map at the origin of the space vector ``u`` ``[..., d]`` → ``[..., d + 1]``.
+    r""":func:`geomtools.manifolds.lorentz.expmap0` with the time computed by :func:`_add_time`.
 
-    :math:`\exp_o((0, u)) = (\sqrt k\cosh\theta,\ \tfrac{\sinh\theta}{\theta}\,u)`,
-    :math:`\theta = \|u\|/\sqrt k`, time recomputed by ``add_time`` (in float64); the
-    Taylor branch in :math:`\|u\|^2` keeps the gradient finite at ``u = 0``. A specialised
-    form of ``geomtools.manifolds.lorentz.expmap`` at the origin that takes the space part only.
+    ``[..., d]`` → ``[..., d + 1]``; finite gradient at ``u = 0``.
     """
-    n2 = (u * u).sum(dim=-1, keepdim=True)
-    small = n2 < (_SMALL * _SMALL) * k
-    theta = torch.sqrt(torch.where(small, torch.ones_like(n2), n2) / k)
-    sinhc = torch.where(small, 1.0 + n2 / (6.0 * k), torch.sinh(theta) / theta)
-    return _add_time(sinhc * u, k)
-
-
-def _logmap0(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    r"""Logarithmic map at the origin, space part: ``[..., d + 1]`` → ``[..., d]``.
-
-    :math:`\log_o(x) = (0,\ \tfrac{\operatorname{asinh} z}{z}\,x_s)`,
-    :math:`z = \|x_s\|/\sqrt k`, so that :math:`\|\log_o x\| = d(o, x)`; reads the space
-    part only (accurate near the origin), gradient finite at ``x = o``.
-    """
-    xs = x[..., 1:]
-    n2 = (xs * xs).sum(dim=-1, keepdim=True)
-    small = n2 < (_SMALL * _SMALL) * k
-    z = torch.sqrt(torch.where(small, torch.ones_like(n2), n2) / k)
-    asinhc = torch.where(small, 1.0 - n2 / (6.0 * k), torch.asinh(z) / z)
-    return asinhc * xs
+    return _add_time(exp0_space(u, k), k)
 
 
 def _boost(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

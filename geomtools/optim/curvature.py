@@ -40,20 +40,11 @@ from typing import Any
 import geoopt
 import torch
 
-from geomtools.manifolds.lorentz import add_time, minkowski_inner
+from geomtools.manifolds.lorentz import expmap0, logmap0, minkowski_inner
 
 __all__ = ["CurvatureAwareStep", "remap_curvature"]
 
 _FIRST_MOMENTS = ("exp_avg", "momentum_buffer")
-
-
-def _space_dist(x: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distance to the origin and unit direction of the space part."""
-    sk = torch.sqrt(k)
-    space = x[..., 1:]
-    norm = torch.linalg.vector_norm(space, dim=-1, keepdim=True)
-    unit = space / norm.clamp_min(torch.finfo(x.dtype).tiny)
-    return sk * torch.asinh(norm / sk), unit
 
 
 def _to_origin(x: torch.Tensor, v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -115,9 +106,7 @@ def remap_curvature(
     kn = torch.as_tensor(k_new, dtype=x.dtype, device=x.device)
     if not (bool(ko > 0) and bool(kn > 0)):
         raise ValueError(f"curvature parameters must be positive, got {float(ko)}, {float(kn)}")
-    d, unit = _space_dist(x, ko)
-    skn = torch.sqrt(kn)
-    x_new = add_time(skn * torch.sinh(d / skn) * unit, kn)
+    x_new = expmap0(logmap0(x, ko), kn)  # same tangent vector at the origin, new k
     moved = [_from_origin(x_new, _to_origin(x, m, ko), kn) for m in momenta]
     return x_new, moved
 
