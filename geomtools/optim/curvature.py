@@ -39,8 +39,9 @@ from typing import Any
 
 import geoopt
 import torch
+from geoopt.manifolds.lorentz import math as lorentz_math
 
-from geomtools.manifolds.lorentz import expmap0, logmap0, minkowski_inner
+from geomtools.manifolds.lorentz import expmap0, logmap0
 
 __all__ = ["CurvatureAwareStep", "remap_curvature"]
 
@@ -48,31 +49,10 @@ _FIRST_MOMENTS = ("exp_avg", "momentum_buffer")
 
 
 def _to_origin(x: torch.Tensor, v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    r"""Parallel transport of ``v`` from ``x`` to the origin (hyperboloid of parameter ``k``).
-
-    .. math::
-        P_{x\to o}(v) = v + \frac{\langle o, v\rangle_{\mathcal L}}
-        {k - \langle x, o\rangle_{\mathcal L}}(x + o)
-    """
-    o = torch.zeros_like(x)
-    o[..., 0] = torch.sqrt(k)
-    coef = minkowski_inner(o, v, keepdim=True) / (k - minkowski_inner(x, o, keepdim=True))
-    out = v + coef * (x + o)
-    out[..., 0] = 0.0  # exactly in the tangent space at the origin
+    """Parallel transport from ``x`` to the origin (geoopt's), time component set exactly to 0."""
+    out = lorentz_math.parallel_transport0back(x, v, k=k)
+    out[..., 0] = 0.0
     return out
-
-
-def _from_origin(y: torch.Tensor, v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    r"""Parallel transport of ``v`` (tangent at the origin) to ``y``.
-
-    .. math::
-        P_{o\to y}(v) = v + \frac{\langle y, v\rangle_{\mathcal L}}
-        {k - \langle o, y\rangle_{\mathcal L}}(o + y)
-    """
-    o = torch.zeros_like(y)
-    o[..., 0] = torch.sqrt(k)
-    coef = minkowski_inner(y, v, keepdim=True) / (k - minkowski_inner(o, y, keepdim=True))
-    return v + coef * (o + y)
 
 
 @torch.no_grad()
@@ -107,7 +87,7 @@ def remap_curvature(
     if not (bool(ko > 0) and bool(kn > 0)):
         raise ValueError(f"curvature parameters must be positive, got {float(ko)}, {float(kn)}")
     x_new = expmap0(logmap0(x, ko), kn)  # same tangent vector at the origin, new k
-    moved = [_from_origin(x_new, _to_origin(x, m, ko), kn) for m in momenta]
+    moved = [lorentz_math.parallel_transport0(x_new, _to_origin(x, m, ko), k=kn) for m in momenta]
     return x_new, moved
 
 
