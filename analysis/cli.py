@@ -1,144 +1,40 @@
-"""Command-line interface: ``geomtools``.
+"""Command-line interface: ``geomtools`` (argument parsing only; the work is in the pipeline).
 
 Subcommands (each has ``--help``):
 
 * ``geomtools demo [--out DIR]`` — train small models with several heads on the bundled
-  digits data, analyse every checkpoint, write the report and every figure
+  digits data, analyse every checkpoint, write the results database, report and figures
   (:mod:`analysis.demo`);
-* ``geomtools analyze CHECKPOINT_OR_DIR... --model module:fn --data module:fn`` — the same
-  analysis for your checkpoints (:mod:`analysis.extract`); runs under ``torchrun`` with the
-  data sharded by rank;
+* ``geomtools analyze FOLDER... --model module:fn --data module:fn`` (or ``--config
+  runs.toml``) — every checkpoint of every run into ``OUT/results.sqlite``
+  (:mod:`analysis.pipeline`); runs under ``torchrun`` with the data sharded by rank;
 * ``geomtools features FILE`` (or ``--digits``) — precomputed features and labels
-  (``.pt``/``.npz``, see :mod:`analysis.io`) → the same report;
-* ``geomtools plot REPORT [--out DIR]`` — render the figures of a report;
+  (``.pt``/``.npz``/``.safetensors``, see :mod:`analysis.io`) into the same database;
+* ``geomtools merge OUT1 OUT2 ... --out OUT`` and ``geomtools forget RUN --out OUT``;
+* ``geomtools plot OUT [--out DIR]`` — render the figures of an output folder;
 * ``geomtools frame HIERARCHY --gamma G --dim D`` — write a HAFrame for an is-a hierarchy.
 
-Errors (missing files, bad module paths, wrong shapes) are one line on stderr, exit code 2,
-and nothing half-written: every output goes through a temporary file and a rename.
+Errors (missing or unreadable files, bad module paths, checkpoints that do not match the
+model, unusable output folders, unknown devices) are one line on stderr and exit status 2;
+Ctrl-C prints one line and exits 130. Nothing is half-written: the database commits one
+checkpoint at a time and every other file goes through a temporary file and a rename.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
-from analysis.collapse import collapse_metrics, ncc_mismatch
-from analysis.io import FeatureFile, load_feature_file
-from analysis.report import Report
-from analysis.spectrum import spectrum_metrics
-from analysis.stats import FeatureStats
-
-__all__ = ["analyze_features", "digits_feature_file", "main"]
-
-
-def digits_feature_file(*, test_size: float = 0.3, seed: int = 0) -> FeatureFile:
-    """Built-in real data: scikit-learn's 8×8 digits (1797 images, 10 classes, 64 features).
-
-    Features are the pixel intensities scaled to [0, 1]; the classifier is a multinomial
-    logistic regression fitted on the stratified train split (``test_size``, ``seed``).
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = digits.data.astype(np.float64) / 16.0
-    y = digits.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_size, random_state=seed, stratify=y
-    )
-    clf = LogisticRegression(C=1.0, max_iter=5000, random_state=seed).fit(x_tr, y_tr)
-    return FeatureFile(
-        splits={
-            "train": (torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
-            "test": (torch.from_numpy(x_te), torch.from_numpy(y_te)),
-        },
-        num_classes=10,
-        weight=torch.from_numpy(clf.coef_.copy()),
-        bias=torch.from_numpy(clf.intercept_.copy()),
-        class_names=[str(c) for c in range(10)],
-        source="sklearn-digits",
-    )
-
-
-def _accumulate(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    *,
-    batch_size: int,
-    device: torch.device,
-    desc: str,
-    progress: bool,
-) -> FeatureStats:
-    if features.ndim != 2:
-        raise ValueError(f"{desc}: features must be [N, D], got {tuple(features.shape)}")
-    stats = FeatureStats(num_classes, int(features.shape[1]), device=device)
-    n = int(features.shape[0])
-    if n == 0:
-        raise ValueError(f"{desc}: split has no samples")
-    bar = tqdm(total=n, desc=desc, unit="sample", disable=not progress, leave=False)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        try:
-            stats.update(features[start:stop], labels[start:stop])
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"{desc}, samples {start}:{stop}: {err}") from err
-        bar.update(stop - start)
-    bar.close()
-    return stats
-
-
-def analyze_features(
-    data: FeatureFile,
-    *,
-    batch_size: int = 4096,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> dict[str, dict[str, float]]:
-    """Compute every collapse and spectrum metric for every split of ``data``.
-
-    Keys are those of :func:`~analysis.collapse.collapse_metrics` and
-    :func:`~analysis.spectrum.spectrum_metrics`.
-
-    NC4 (``ncc_mismatch``) uses the class means of the ``train`` split when there is one
-    (Papyan et al. 2020), else each split's own means.
-
-    Returns
-    -------
-    dict
-        ``metrics[split][key] = float``.
-    """
-    dev = torch.device(device)
-    stats = {
-        name: _accumulate(
-            x, y, data.num_classes, batch_size=batch_size, device=dev, desc=name, progress=progress
-        )
-        for name, (x, y) in data.splits.items()
-    }
-    out: dict[str, dict[str, float]] = {}
-    for name, split_stats in stats.items():
-        metrics = collapse_metrics(split_stats, data.weight, data.bias)
-        metrics.update(spectrum_metrics(split_stats))
-        if data.weight is not None:
-            means = stats.get("train", split_stats)
-            x = data.splits[name][0]
-            batches = (x[i : i + batch_size] for i in range(0, int(x.shape[0]), batch_size))
-            metrics["ncc_mismatch"] = ncc_mismatch(
-                batches, data.weight, data.bias, train_stats=means
-            )
-        out[name] = metrics
-    return out
+__all__ = ["build_parser", "main"]
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
     splits = list(dict.fromkeys(r["split"] for r in rows))
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     table = {(r["split"], r["metric"]): r["value"] for r in rows}
@@ -152,20 +48,52 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print(m.ljust(width) + "".join(cells))
 
 
+def _print_omitted(out: str) -> None:
+    from analysis.pipeline import omitted_summary
+
+    for run, metric, reason, n in omitted_summary(out):
+        print(f"omitted {metric} for run {run} ({n} checkpoint{'s' * (n != 1)}): {reason}")
+
+
+def _print_written(out: str) -> None:
+    from analysis.store import DB_NAME
+
+    root = Path(out)
+    print(f"\nresults: {root / DB_NAME}\nreport:  {root / 'report.csv'}, {root / 'report.json'}")
+
+
 def _cmd_features(args: argparse.Namespace) -> int:
+    from analysis.checkpoints import content_hash
+    from analysis.io import digits_feature_file, load_feature_file
+    from analysis.pipeline import analyze_feature_file
+
     if args.digits == (args.file is not None):
         raise ValueError("geomtools features: give either a feature FILE or --digits")
-    data = digits_feature_file() if args.digits else load_feature_file(args.file)
-    metrics = analyze_features(
-        data, batch_size=args.batch_size, device=args.device, progress=not args.no_progress
+    if args.digits:
+        data, name, sha, path = digits_feature_file(), "digits", "sklearn-digits", "sklearn-digits"
+    else:
+        data, name = load_feature_file(args.file), Path(args.file).stem
+        sha, path = content_hash(args.file), str(Path(args.file).resolve())
+    result = analyze_feature_file(
+        data,
+        args.out,
+        run=args.run or name,
+        checkpoint=name,
+        sha256=sha,
+        path=path,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
     )
-    name = "digits" if args.digits else Path(args.file).stem
-    report = Report()
-    for split, m in metrics.items():
-        report.add(run=args.run or name, checkpoint=name, split=split, metrics=m)
-    csv_path, json_path = report.write(args.out)
-    _print_table(report.rows)
-    print(f"\nwrote {csv_path} and {json_path}")
+    _print_table(
+        [
+            {"split": s, "metric": k, "value": v}
+            for s, metrics in result.metrics.items()
+            for k, v in metrics.items()
+        ]
+    )
+    _print_omitted(args.out)
+    _print_written(args.out)
     return 0
 
 
@@ -182,6 +110,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("test accuracy of the last checkpoint:")
     for run, acc in summary["test_accuracy"].items():
         print(f"  {run:<10} {acc:.4f}")
+    print(f"results: {summary['database']}")
     print(f"report:  {summary['report'][0]}\n         {summary['report'][1]}")
     if summary["figures"]:
         print(f"figures: {len(summary['figures'])} files in {Path(summary['figures'][0]).parent}")
@@ -189,98 +118,88 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _num_classes_of(model: torch.nn.Module, layer: str | None) -> int:
-    from analysis.extract import find_head
-
-    _, head = find_head(model, None)
-    for attr in ("out_features", "num_classes"):
-        if isinstance(getattr(head, attr, None), int):
-            return int(getattr(head, attr))
-    raise ValueError("cannot infer the number of classes from the model: pass --num-classes")
-
-
-def _loaders(data: Any, batch_size: int, world: int, rank: int) -> dict[str, Any]:
-    from torch.utils.data import DataLoader, Dataset
-    from torch.utils.data.distributed import DistributedSampler
-
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        data = {"train": data[0], "test": data[1]}
-    if not isinstance(data, dict) or not data:
-        raise ValueError(
-            "the --data callable must return a dict split -> Dataset/DataLoader, or a "
-            f"(train, test) pair; got {type(data).__name__}"
-        )
-    out: dict[str, Any] = {}
-    for split, d in data.items():
-        ds = d.dataset if isinstance(d, DataLoader) else d
-        bs = (d.batch_size or batch_size) if isinstance(d, DataLoader) else batch_size
-        if not isinstance(ds, Dataset):
-            raise ValueError(
-                f"split {split!r}: expected a Dataset or DataLoader, got {type(d).__name__}"
-            )
-        sampler: DistributedSampler[Any] | None = (
-            DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
-            if world > 1
-            else None
-        )
-        if world > 1 and len(ds) % world:  # type: ignore[arg-type]
-            raise ValueError(
-                f"split {split!r}: {len(ds)} samples do not shard evenly over {world} ranks "  # type: ignore[arg-type]
-                "(DistributedSampler would repeat samples and bias the statistics)"
-            )
-        out[str(split)] = DataLoader(ds, batch_size=bs, shuffle=False, sampler=sampler)
-    return out
-
-
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis.pipeline import AnalyzeOptions, analyze_runs
+    from analysis.runs import load_manifest, parse_kwargs, runs_from_paths
+    from analysis.store import open_existing
+
+    options = AnalyzeOptions(
+        device=args.device,
+        batch_size=args.batch_size,
+        force=args.force,
+        trust=args.trust_checkpoint,
+        linear_probe=args.linear_probe,
+        recall_ks=tuple(args.recall),
+        progress=not args.no_progress,
+    )
+    shared = {
+        "model_kwargs": parse_kwargs(args.model_kwargs, "--model-kwargs"),
+        "data_kwargs": parse_kwargs(args.data_kwargs, "--data-kwargs"),
+        "layer": args.layer,
+        "weights": args.weights,
+        "num_classes": args.num_classes,
+    }
+    if args.config is not None:
+        if args.checkpoints or args.run:
+            raise ValueError("--config lists the runs: give no checkpoint paths or --run with it")
+        runs = load_manifest(
+            args.config,
+            model=args.model,
+            data=args.data,
+            **{k: v for k, v in shared.items() if v not in (None, {})},
+        )
+    else:
+        if not args.checkpoints:
+            raise ValueError("give checkpoint folders/files, or a --config manifest")
+        if args.model is None or args.data is None:
+            raise ValueError("--model and --data are required (or a --config manifest)")
+        runs = runs_from_paths(
+            args.checkpoints, model=args.model, data=args.data, run=args.run, **shared
+        )
+    outcomes = analyze_runs(runs, args.out, options)
     import os
 
-    import torch.distributed as dist
-
-    from analysis.extract import analyze_checkpoints, list_checkpoints, resolve
-
-    files = list_checkpoints(args.checkpoints)  # fail early on missing paths
-    make_model = resolve(args.model)
-    make_data = resolve(args.data)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    created = world > 1 and not dist.is_initialized()
-    if created:  # torchrun's env:// rendezvous
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-    try:
-        probe = make_model()
-        if not isinstance(probe, torch.nn.Module):
-            raise ValueError(
-                f"--model {args.model} returned {type(probe).__name__}, not an nn.Module"
-            )
-        num_classes = args.num_classes or _num_classes_of(probe, args.layer)
-        loaders = _loaders(make_data(), args.batch_size, world, rank)
-        report = analyze_checkpoints(
-            files,
-            make_model,
-            loaders,
-            num_classes,
-            out_dir=args.out,
-            run=args.run or Path(files[0]).parent.name or "model",
-            layer=args.layer,
-            device=args.device,
-            force=args.force,
-            trust=args.trust_checkpoint,
-            progress=not args.no_progress and rank == 0,
-            reduce=(lambda st: st.all_reduce()) if world > 1 else None,
-            write_cache=rank == 0,
-            linear_probe=args.linear_probe,
-            recall_ks=args.recall,
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    for o in outcomes:
+        removed = f", {o.removed} no longer given removed" if o.removed else ""
+        print(
+            f"{o.name}: {len(o.computed)} checkpoint(s) analysed, {len(o.reused)} reused{removed}"
         )
-        if rank == 0:
-            csv_path, json_path = report.write(args.out)
-            _print_table(
-                [r for r in report.rows if r["checkpoint"] == report.rows[-1]["checkpoint"]]
-            )
-            print(f"\nwrote {csv_path} and {json_path}")
-    finally:
-        if created and dist.is_initialized():
-            dist.destroy_process_group()
+    with open_existing(args.out) as store:
+        last = outcomes[-1].name
+        rows = [r for r in store.rows() if r["run"] == last]
+    if rows:
+        print(f"\n{last} / {rows[-1]['checkpoint']}:")
+        _print_table([r for r in rows if r["checkpoint"] == rows[-1]["checkpoint"]])
+    _print_omitted(args.out)
+    _print_written(args.out)
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from analysis.store import ResultsStore
+
+    with ResultsStore(args.out) as store:
+        try:
+            for src in args.sources:
+                n = store.merge_from(src, replace=args.replace)
+                print(f"{src}: {n} checkpoint(s) merged")
+        finally:
+            store.export()
+    _print_written(args.out)
+    return 0
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from analysis.runs import validate_run_name
+    from analysis.store import open_existing
+
+    validate_run_name(args.run)
+    with open_existing(args.out) as store:
+        n = store.forget(args.run)
+        store.export()
+    print(f"removed run {args.run} ({n} checkpoint(s)) from {args.out}")
     return 0
 
 
@@ -293,13 +212,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_frame(args: argparse.Namespace) -> int:
-    from analysis.extract import _atomic_torch_save
+    from analysis.io import atomic_torch_save
     from geomtools.frames import Hierarchy, haframe
 
     hier = Hierarchy.from_isa_file(args.hierarchy)
     frame = haframe(hier.lca_distances(), args.dim, gamma=args.gamma, seed=args.seed)
     out = Path(args.out)
-    _atomic_torch_save(
+    atomic_torch_save(
         {
             "weight": frame.weight,
             "similarity": frame.similarity,
@@ -335,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="train on the bundled digits data, analyse every checkpoint, write report + figures",
         description="The main job end to end on scikit-learn's digits (no download): linear, "
-        "simplex-ETF, HAFrame and GCR (k = 1, 2, 4) heads, a checkpoint per epoch, the tidy "
-        "report and every figure.",
+        "simplex-ETF, HAFrame and GCR (k = 1, 2, 4) heads, a checkpoint per epoch, the results "
+        "database, the tidy report and every figure.",
     )
     common(p, "geomtools-demo")
     p.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30)")
@@ -346,29 +265,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "analyze",
-        help="metrics of every checkpoint of a model",
-        description="Load each checkpoint (torch.load weights_only=True) into the model built "
-        "by --model, stream the splits returned by --data through it, capture the penultimate "
-        "features (input of the last Linear / geomtools head, or --layer) and write every "
-        "metric to OUT/report.csv and OUT/report.json. Finished checkpoints are cached in "
-        "OUT/cache and skipped on a rerun (unless --force). Under torchrun the data is sharded "
-        "by rank and rank 0 writes the report.",
+        help="metrics of every checkpoint of one or more runs",
+        description="Each FOLDER is a run named after it (a file: the run of its folder). Load "
+        "each checkpoint (torch.load weights_only=True; DDP, torch.compile, Lightning and "
+        "safetensors layouts) into the model built by --model, stream the splits returned by "
+        "--data through it, capture the features (input of the classifier, or --layer) and "
+        "store every metric in OUT/results.sqlite; OUT/report.csv and OUT/report.json are "
+        "regenerated with every run analysed into OUT. Checkpoints already stored with the "
+        "same content hash and options are skipped (unless --force). Modules are imported "
+        "from the current directory first. Under torchrun the data is sharded by rank.",
     )
-    p.add_argument("checkpoints", nargs="+", help="checkpoint files or folders of them")
-    p.add_argument(
-        "--model", required=True, help="'package.module:callable' returning the nn.Module"
-    )
+    p.add_argument("checkpoints", nargs="*", help="checkpoint folders (one run each) or files")
+    p.add_argument("--config", help="TOML manifest with [[run]] tables (instead of paths)")
+    p.add_argument("--model", help="'package.module:callable' returning the nn.Module")
     p.add_argument(
         "--data",
-        required=True,
         help="'package.module:callable' returning {split: Dataset or DataLoader} or (train, test)",
     )
+    p.add_argument("--model-kwargs", help="JSON object of keyword arguments for --model")
+    p.add_argument("--data-kwargs", help="JSON object of keyword arguments for --data")
     p.add_argument("--layer", help="module whose input are the features (default: the classifier)")
     p.add_argument("--num-classes", type=int, help="default: read from the classifier")
-    p.add_argument("--run", help="run name in the report (default: the checkpoints' folder name)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--run", help="run name (default: the checkpoints' folder name); one path only")
+    p.add_argument(
+        "--weights",
+        choices=("model", "ema"),
+        default="model",
+        help="which weights of a checkpoint holding both (default: model)",
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="for Datasets (default: 256)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--force", action="store_true", help="ignore cached results")
+    p.add_argument("--force", action="store_true", help="recompute stored checkpoints")
     p.add_argument(
         "--linear-probe",
         action="store_true",
@@ -393,11 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "features",
         help="metrics of a precomputed feature file",
-        description="Stream a feature file (.pt/.pth weights_only or .npz: features, labels, "
-        "optional weight/bias, or one mapping per split) through FeatureStats and write every "
-        "metric to OUT/report.csv and OUT/report.json.",
+        description="Stream a feature file (.pt/.pth weights_only, .npz or .safetensors: "
+        "features, labels, optional weight/bias, or one mapping per split) through "
+        "FeatureStats and store every metric in OUT/results.sqlite (report regenerated).",
     )
-    p.add_argument("file", nargs="?", help=".pt/.pth or .npz feature file")
+    p.add_argument("file", nargs="?", help=".pt/.pth, .npz or .safetensors feature file")
     p.add_argument("--digits", action="store_true", help="use the built-in sklearn digits pixels")
     p.add_argument("--run", help="run name in the report (default: the file name)")
     p.add_argument("--batch-size", type=int, default=4096)
@@ -406,13 +333,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_features)
 
     p = sub.add_parser(
-        "plot",
-        help="render the figures of a report",
-        description="Read REPORT (report.json, or the folder holding it) and its cached "
-        "statistics and write every figure as PDF and PNG.",
+        "merge",
+        help="combine the results databases of several output folders",
+        description="Copy every run of each SOURCE folder's results.sqlite into --out (created "
+        "if missing) and regenerate its report. A checkpoint stored in both with other "
+        "contents is an error unless --replace (the source's is kept). All or nothing per "
+        "source.",
     )
-    p.add_argument("report", help="report.json or its folder")
-    p.add_argument("--out", default="figures", help="output folder (default: figures)")
+    p.add_argument("sources", nargs="+", help="output folders to merge")
+    p.add_argument("--out", required=True, help="output folder receiving the runs")
+    p.add_argument("--replace", action="store_true", help="sources win on conflicts")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser(
+        "forget",
+        help="remove a run from an output folder",
+        description="Delete every row of RUN from OUT/results.sqlite and regenerate the report.",
+    )
+    p.add_argument("run", help="run name")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_forget)
+
+    p = sub.add_parser(
+        "plot",
+        help="render the figures of an output folder",
+        description="Read OUT's results database (OUT, or its report.json) and write every "
+        "figure as PDF and PNG.",
+    )
+    p.add_argument("report", help="output folder (or its report.json)")
+    p.add_argument("--out", default="figures", help="figure folder (default: figures)")
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser(
@@ -432,13 +381,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``geomtools`` console script."""
+    """Entry point of the ``geomtools`` console script.
+
+    Known errors become one line on stderr and exit status 2; Ctrl-C becomes one line and 130.
+    """
+    from analysis.pipeline import Interrupted
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    except Interrupted as err:
+        print(f"geomtools: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("geomtools: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, KeyError, OSError, sqlite3.Error) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        if isinstance(err, OSError) and err.filename and str(err.filename) not in str(text):
+            text = f"{err.filename}: {err.strerror or text}"
+        msg = str(text).splitlines()[0] if str(text) else type(err).__name__
         print(f"geomtools: error: {msg}", file=sys.stderr)
         return 2
 

@@ -521,11 +521,17 @@ class NCCMismatch:
     ----------
     means : FeatureStats or Tensor ``[K, D]``
         Source of the class centres :math:`\mu_c`.
-    weight : Tensor ``[K, D]``
+    weight : Tensor ``[K, D]``, optional
+        The classifier. May be ``None`` when every :meth:`update` passes the network's own
+        ``decisions`` instead (a head that is not linear, e.g. GCR's subspace logits): the
+        decision is then :math:`\arg\max` of the model's logits over all ``K`` classes, and
+        the nearest centre is taken over the present classes, in the same class indices.
     bias : Tensor ``[K]``, optional
     """
 
-    def __init__(self, means: FeatureStats | torch.Tensor, weight: Any, bias: Any = None) -> None:
+    def __init__(
+        self, means: FeatureStats | torch.Tensor, weight: Any = None, bias: Any = None
+    ) -> None:
         if isinstance(means, FeatureStats):
             stats = means
         else:
@@ -536,9 +542,10 @@ class NCCMismatch:
         _min_classes(idx.numel(), "ncc_mismatch")
         self.dim = stats.dim
         self.device = stats.device
+        self._present = idx
         self._centres = stats.means[idx]
         self._sq = self._centres.square().sum(1)
-        self._weight = _weight_rows(stats, weight)
+        self._weight = _weight_rows(stats, weight) if weight is not None else None
         self._bias = (
             _classifier_rows(stats, bias, "bias", (stats.num_classes,))
             if bias is not None
@@ -548,12 +555,26 @@ class NCCMismatch:
         self.total = 0
 
     @torch.no_grad()
-    def update(self, features: Any) -> None:
-        """Add a batch of features ``[B, D]`` (any float dtype/device; moved to the state's)."""
+    def update(self, features: Any, decisions: Any = None) -> None:
+        """Add a batch of features ``[B, D]`` (any float dtype/device; moved to the state's).
+
+        ``decisions`` (int ``[B]``, class indices in ``0..K-1``): the network's own decisions,
+        used instead of the classifier's argmax.
+        """
         x = check_features(features, self.dim).to(device=self.device, dtype=torch.float64)
-        pred = torch.argmax(torch.addmm(self._bias, x, self._weight.T), dim=1)
         # ‖x − μ‖² up to the per-row constant ‖x‖²: argmin of ‖μ‖² − 2 xᵀμ
         ncc = torch.argmin(self._sq[None, :] - 2.0 * x @ self._centres.T, dim=1)
+        if decisions is not None:
+            pred = torch.as_tensor(decisions, device=self.device).reshape(-1)
+            if pred.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"decisions has {pred.shape[0]} entries for {x.shape[0]} feature rows"
+                )
+            ncc = self._present[ncc]  # back to class indices
+        elif self._weight is None:
+            raise ValueError("NCCMismatch without a classifier weight needs decisions=")
+        else:
+            pred = torch.argmax(torch.addmm(self._bias, x, self._weight.T), dim=1)
         self.mismatches += int((pred != ncc).sum())
         self.total += x.shape[0]
 

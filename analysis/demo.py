@@ -16,13 +16,14 @@ haframe    fixed HAFrame (γ = 2) from the hierarchy of a Ward linkage of the tr
 gcr-k1/2/4 :class:`geomtools.nn.GrassmannHead` with subspace dimension k = 1, 2, 4 (GCR)
 ========== ================================================================================
 
-Then every checkpoint is analysed (:func:`analysis.extract.analyze_checkpoints`), the tidy
-report is written (``report.csv``/``report.json``) and the figures are rendered
-(:func:`analysis.plots.render_all`). Output layout under ``--out``::
+Then every checkpoint is analysed by the same driver as ``geomtools analyze``
+(:func:`analysis.pipeline.analyze_runs`) into the results database, the tidy report is
+exported (``report.csv``/``report.json``) and the figures are rendered
+(:func:`analysis.plots.render_report`). Output layout under ``--out``::
 
     checkpoints/<run>/epoch001.pt ...   state_dicts ({"model", "epoch"})
-    cache/<run>/epoch001.pt ...         per-checkpoint statistics and metrics
-    report.csv, report.json
+    results.sqlite                      every metric, per-checkpoint statistics (resume)
+    report.csv, report.json             exports of the database
     figures/*.pdf, figures/*.png
 """
 
@@ -200,19 +201,26 @@ def run_demo(
         torch.set_num_threads(threads)
 
 
+def _digits_loaders(seed: int) -> dict[str, DataLoader[Any]]:
+    return {
+        s: DataLoader(TensorDataset(*xy), batch_size=512, shuffle=False)
+        for s, xy in digits_data(seed=seed).items()
+    }
+
+
 def _run_demo(
     out: Path, *, epochs: int, seed: int, progress: bool, figures: bool, force: bool
 ) -> dict[str, Any]:
-    from analysis.extract import analyze_checkpoints
+    from analysis.pipeline import AnalyzeOptions, analyze_runs
     from analysis.report import Report
+    from analysis.runs import RunSpec
+    from analysis.store import DB_NAME, prepare_out
 
     t0 = time.perf_counter()
+    prepare_out(out)
     data = digits_data(seed=seed)
-    loaders = {
-        s: DataLoader(TensorDataset(*xy), batch_size=512, shuffle=False) for s, xy in data.items()
-    }
-    report = Report()
     runs = _runs(data)
+    specs = []
     for name, spec in runs.items():
         ckpt_dir = out / "checkpoints" / name
         make_model = functools.partial(_build, spec["head"])
@@ -227,36 +235,36 @@ def _run_demo(
                 seed=seed,
                 progress=progress,
             )
-        analyze_checkpoints(
-            [ckpt_dir / f"epoch{e:03d}.pt" for e in range(1, epochs + 1)],
-            make_model,
-            loaders,
-            NUM_CLASSES,
-            out_dir=out,
-            run=name,
-            similarity=spec.get("similarity"),
-            progress=progress,
-            report=report,
-            force=force,
-            recall_ks=(1, 2, 4, 8),
+        attributes: dict[str, Any] = {}
+        if "k" in spec:
+            attributes["sweep"] = spec["k"]
+        if "class_order" in spec:
+            attributes["class_order"] = spec["class_order"]
+        specs.append(
+            RunSpec(
+                name=name,
+                checkpoints=[ckpt_dir / f"epoch{e:03d}.pt" for e in range(1, epochs + 1)],
+                model=make_model,
+                data=functools.partial(_digits_loaders, seed),
+                model_label=f"analysis.demo:DigitsNet[{name}]",
+                data_label=f"analysis.demo:digits_data[seed={seed}]",
+                similarity=spec.get("similarity"),
+                attributes=attributes,
+                num_classes=NUM_CLASSES,
+            )
         )
-    report.artifacts["class_order"] = {
-        n: s["class_order"] for n, s in runs.items() if "class_order" in s
-    }
-    report.artifacts["demo"] = {
-        "epochs": epochs,
-        "seed": seed,
-        "sweep": {n: s["k"] for n, s in runs.items() if "k" in s},
-    }
-    csv_path, json_path = report.write(out)
+    options = AnalyzeOptions(progress=progress, force=force, recall_ks=(1, 2, 4, 8))
+    analyze_runs(specs, out, options)
     paths: list[Path] = []
     if figures:
         from analysis.plots import render_report
 
-        paths = render_report(json_path, out / "figures")
+        paths = render_report(out, out / "figures")
+    report = Report.read(out)
     summary = {
         "out": str(out),
-        "report": [str(csv_path), str(json_path)],
+        "database": str(out / DB_NAME),
+        "report": [str(out / "report.csv"), str(out / "report.json")],
         "figures": [str(p) for p in paths],
         "test_accuracy": {n: report.value(n, "test", "accuracy") for n in runs},
         "seconds": time.perf_counter() - t0,

@@ -22,7 +22,8 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FeatureFile", "atomic_write_text", "load_feature_file", "write_csv", "write_json"]
+__all__ = [
+    "FeatureFile",
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "digits_feature_file",
+    "load_feature_file",
+    "write_csv",
+    "write_json",
+]
 
 
 @dataclass
@@ -66,6 +76,14 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> FeatureFile:
             splits[str(key)] = (
                 tensor(value["features"], f"{key}.features"),
                 tensor(value["labels"], f"{key}.labels"),
+            )
+    for key, (x, y) in splits.items():
+        if x.ndim != 2:
+            raise ValueError(f"{source}: split {key!r}: features must be [N, D], got {list(x.shape)}")
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{source}: split {key!r}: {x.shape[0]} feature rows but labels of shape "
+                f"{list(y.shape)}"
             )
     if not splits:
         raise ValueError(
@@ -165,23 +183,46 @@ def _safe_load(p: Path) -> Any:
         ) from err
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then rename.
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
-    A crash leaves either the old file or the new one, never half of one.
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    The file gets the mode a plain ``open(path, "w")`` would (``0666 & ~umask``, so 0644
+    under the usual umask 022), not ``mkstemp``'s 0600. On any exception, Ctrl-C included,
+    the temporary file is removed and ``path`` is untouched: a crash leaves either the old
+    file or the new one, never half of one.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        yield Path(tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj, path)`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -199,3 +240,33 @@ def write_csv(
     for row in rows:
         writer.writerow({c: row[c] for c in columns})
     atomic_write_text(path, buf.getvalue())
+
+
+def digits_feature_file(*, test_size: float = 0.3, seed: int = 0) -> FeatureFile:
+    """Built-in real data: scikit-learn's 8×8 digits (1797 images, 10 classes, 64 features).
+
+    Features are the pixel intensities scaled to [0, 1]; the classifier is a multinomial
+    logistic regression fitted on the stratified train split (``test_size``, ``seed``).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.data.astype(np.float64) / 16.0
+    y = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_size, random_state=seed, stratify=y
+    )
+    clf = LogisticRegression(C=1.0, max_iter=5000, random_state=seed).fit(x_tr, y_tr)
+    return FeatureFile(
+        splits={
+            "train": (torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
+            "test": (torch.from_numpy(x_te), torch.from_numpy(y_te)),
+        },
+        num_classes=10,
+        weight=torch.from_numpy(clf.coef_.copy()),
+        bias=torch.from_numpy(clf.intercept_.copy()),
+        class_names=[str(c) for c in range(10)],
+        source="sklearn-digits",
+    )

@@ -48,7 +48,6 @@ import contextlib
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -233,17 +232,12 @@ def _metadata(fmt: str) -> dict[str, Any]:
 
 
 def _atomic_savefig(fig: Figure, target: Path, fmt: str, dpi: float) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh, style():
-            fig.savefig(fh, format=fmt, dpi=dpi, metadata=_metadata(fmt))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from analysis.io import atomic_path
+
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh, style():
+        fig.savefig(fh, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -1013,33 +1007,24 @@ def render_report(
     *,
     formats: Sequence[str] = ("pdf", "png"),
 ) -> list[Path]:
-    """Render every figure of a written report (``report.json``, ``report.csv`` or its folder).
+    """Render every figure of an output folder (its ``results.sqlite``).
 
-    The tidy rows give the trajectories per split and the accuracy curves. When the report
-    is a ``report.json`` with ``artifacts["cache"]`` (written by ``geomtools analyze`` and
-    ``geomtools demo``), the cached statistics of each run's **last** checkpoint (train split,
-    else the first split) also give:
+    ``report`` is the output folder, or its ``report.json``/``report.csv`` (whose folder's
+    database is read). The tidy rows give the trajectories per split and the accuracy curves.
+    The statistics stored with each run's **last** checkpoint (train split, else the first
+    split) give:
 
     * ``spectra_<run>`` — descending eigenvalues of Σ_W, Σ_B, Σ_T
       (:func:`analysis.spectrum.eigenvalues`);
     * ``cosines_<run>`` — cosines of the globally centred class means, with the deviation
       from the run's target frame similarity when one was analysed (HAFrame), else from the
-      simplex ETF (off-diagonal −1/(K−1)); classes in the order of
-      ``artifacts["class_order"][run]`` when present (hierarchy leaves);
+      simplex ETF (off-diagonal −1/(K−1)); classes in the order of the run attribute
+      ``class_order`` when present (hierarchy leaves);
 
-    and ``artifacts["demo"]["sweep"]`` (run → swept value, e.g. GCR subspace dim k) gives
+    and the run attribute ``sweep`` (a swept value per run, e.g. GCR subspace dim k) gives
     ``variability_sweep``: the intra-class variability of the last checkpoint per split.
     ``recall@K`` rows (``geomtools analyze --recall``) give ``recall_bars`` for each run's last
     checkpoint on the ``test`` split.
-
-    Parameters
-    ----------
-    report : str or os.PathLike
-        Path of ``report.json`` / ``report.csv``, or the folder holding ``report.json``.
-    out_dir : str or os.PathLike
-        Created if missing.
-    formats : sequence of str
-        As in :func:`save_figure`.
 
     Returns
     -------
@@ -1049,53 +1034,55 @@ def render_report(
     Raises
     ------
     FileNotFoundError
-        The report, or a cache file it names, is missing.
+        No results database at ``report``.
+    ValueError
+        The database holds no rows.
     """
-    import torch  # lazy: plots stays importable on its own
-
     from analysis.report import Report
     from analysis.spectrum import eigenvalues
     from analysis.stats import FeatureStats
+    from analysis.store import open_existing
 
-    path = Path(report)
-    root = path if path.is_dir() else path.parent
-    rep = Report.read(path)
     spectra_by_run: dict[str, dict[str, Any]] = {}
     means_by_run: dict[str, Any] = {}
     targets_by_run: dict[str, Any] = {}
-    for run, entries in rep.artifacts.get("cache", {}).items():
-        if not entries:
-            continue
-        cache_file = root / list(entries.values())[-1]
-        if not cache_file.is_file():
-            raise FileNotFoundError(f"cache file named by the report is missing: {cache_file}")
-        entry = torch.load(cache_file, map_location="cpu", weights_only=True)
-        split_states = entry["stats"]
-        state = split_states.get("train", next(iter(split_states.values())))
-        st = FeatureStats.from_state_dict(state)
-        spectra_by_run[run] = {
-            r"$\Sigma_W$": eigenvalues(st, "within").numpy(),
-            r"$\Sigma_B$": eigenvalues(st, "between").numpy(),
-            r"$\Sigma_T$": eigenvalues(st, "total").numpy(),
-        }
-        present = st.counts > 0
-        means_by_run[run] = (st.means[present] - st.global_mean).numpy()
-        k = int(present.sum())
-        sim = entry.get("similarity")
-        if sim is not None:
-            targets_by_run[run] = sim[present][:, present].numpy()
-        elif k > 1:
-            etf = np.full((k, k), -1.0 / (k - 1))
-            np.fill_diagonal(etf, 1.0)
-            targets_by_run[run] = etf
-    # hierarchy leaf order per run, when the analysis recorded one (the demo's HAFrame run)
-    orders_by_run = {
-        run: [int(i) for i in order]
-        for run, order in rep.artifacts.get("class_order", {}).items()
-        if run in means_by_run and len(order) == len(means_by_run[run])
-    }
+    orders_by_run: dict[str, list[int]] = {}
+    swept: dict[str, float] = {}
+    with open_existing(report) as store:
+        rep = Report(rows=store.rows(), runs=store.runs())
+        if not rep.rows:
+            raise ValueError(f"{store.path}: no results to plot")
+        for run, info in rep.runs.items():
+            checkpoints = store.checkpoints(run)
+            if not checkpoints:
+                continue
+            tensors = store.tensors(run, checkpoints[-1]["name"])
+            states = {s: t for (s, _, n), t in tensors.items() if n == "feature_stats"}
+            if not states:
+                continue
+            st = FeatureStats.from_state_dict(states.get("train", next(iter(states.values()))))
+            spectra_by_run[run] = {
+                r"$\Sigma_W$": eigenvalues(st, "within").numpy(),
+                r"$\Sigma_B$": eigenvalues(st, "between").numpy(),
+                r"$\Sigma_T$": eigenvalues(st, "total").numpy(),
+            }
+            present = st.counts > 0
+            means_by_run[run] = (st.means[present] - st.global_mean).numpy()
+            k = int(present.sum())
+            sim = next((t for (_, _, n), t in tensors.items() if n == "similarity"), None)
+            if sim is not None:
+                targets_by_run[run] = sim[present][:, present].numpy()
+            elif k > 1:
+                etf = np.full((k, k), -1.0 / (k - 1))
+                np.fill_diagonal(etf, 1.0)
+                targets_by_run[run] = etf
+            attrs = info["attributes"]
+            order = attrs.get("class_order")
+            if order is not None and len(order) == k:
+                orders_by_run[run] = [int(i) for i in order]
+            if "sweep" in attrs:
+                swept[run] = float(attrs["sweep"])
     sweep = None
-    swept = rep.artifacts.get("demo", {}).get("sweep", {})
     if swept:
         runs = sorted(swept, key=lambda r: swept[r])
         splits = sorted({str(r["split"]) for r in rep.rows}, key=_split_key)
@@ -1106,7 +1093,7 @@ def render_report(
             except KeyError:
                 continue
         if values:
-            sweep = {"x": [float(swept[r]) for r in runs], "values": values}
+            sweep = {"x": [swept[r] for r in runs], "values": values}
     # Recall@K of each run's last checkpoint on the test split (else the last split listed)
     recalls: dict[str, dict[int, float]] = {}
     for run in dict.fromkeys(str(r["run"]) for r in rep.rows):

@@ -1,103 +1,70 @@
-"""The tidy report: one row per (run, checkpoint, split, metric), written atomically.
+"""The tidy report: one row per (run, checkpoint, split, layer, metric), read back.
 
-Schema (``COLUMNS``): ``run`` (model / head name), ``checkpoint`` (file stem), ``epoch`` and
-``step`` (int, or empty when unknown — read from checkpoint metadata, else parsed from the
-file name: ``epoch12``, ``ep_12``, ``step-3000``, ``iter3000``), ``split``, ``metric``,
-``value`` (float). Written as ``report.csv`` and ``report.json`` (the JSON also carries
-``schema`` and free-form ``artifacts``, e.g. cached statistics per checkpoint, for the
-figures); both through a temporary file and a rename.
+The results database (:mod:`analysis.store`) is the source of truth; ``report.csv`` and
+``report.json`` are its exports. Columns (:data:`COLUMNS`): ``run``, ``checkpoint`` (file stem),
+``epoch`` and ``step`` (int, or empty when unknown — read from the checkpoint, else parsed from
+the file name: ``epoch12``, ``ep_12``, ``step-3000``, ``iter3000``), ``split``, ``layer`` (the
+module whose input are the features), ``metric``, ``value`` (float). ``report.json`` also holds
+``schema``, every run's settings (``runs``) and the omitted metrics with reasons (``omitted``).
+
+:func:`load` gives the table as a pandas ``DataFrame``; :class:`Report` as a list of dicts.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from analysis.io import write_csv, write_json
+from analysis.store import COLUMNS, DB_NAME, REPORT_SCHEMA, open_existing
 
-__all__ = ["COLUMNS", "SCHEMA", "Report", "linear_probe", "parse_position"]
+__all__ = ["COLUMNS", "SCHEMA", "Report", "linear_probe", "load"]
 
-COLUMNS = ["run", "checkpoint", "epoch", "step", "split", "metric", "value"]
-SCHEMA = "geomtools.report/1"
-
-_EPOCH = re.compile(r"(?:^|[^a-z])(?:epoch|ep)[_\-=]?(\d+)", re.IGNORECASE)
-_STEP = re.compile(r"(?:^|[^a-z])(?:step|iter|it)[_\-=]?(\d+)", re.IGNORECASE)
+SCHEMA = REPORT_SCHEMA
 
 
-def parse_position(name: str) -> tuple[int | None, int | None]:
-    """``(epoch, step)`` parsed from a checkpoint file name (``None`` where absent).
+def load(out: str | os.PathLike[str]) -> Any:
+    """The tidy table of an output folder as a ``pandas.DataFrame`` (from its database).
 
-    >>> parse_position("resnet_epoch012.pt")
-    (12, None)
-    >>> parse_position("ckpt-step-3000.pth")
-    (None, 3000)
+    Columns :data:`COLUMNS`; ``epoch``/``step`` are nullable integers (``Int64``).
     """
-    stem = Path(name).name
-    e, s = _EPOCH.search(stem), _STEP.search(stem)
-    return (int(e.group(1)) if e else None, int(s.group(1)) if s else None)
+    import pandas as pd
+
+    with open_existing(out) as store:
+        rows = store.rows()
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.astype({"epoch": "Int64", "step": "Int64", "value": "float64"})
 
 
 @dataclass
 class Report:
-    """Rows of the tidy table plus artifacts (paths of cached statistics etc.)."""
+    """Rows of the tidy table and every run's settings, read from an output folder."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
-    artifacts: dict[str, Any] = field(default_factory=dict)
-
-    def add(
-        self,
-        *,
-        run: str,
-        checkpoint: str,
-        split: str,
-        metrics: Mapping[str, float],
-        epoch: int | None = None,
-        step: int | None = None,
-    ) -> None:
-        """Append one row per metric; non-finite values are refused (``ValueError``)."""
-        bad = [k for k, v in metrics.items() if not math.isfinite(float(v))]
-        if bad:
-            raise ValueError(f"{run}/{checkpoint}/{split}: non-finite metric values for {bad}")
-        for metric, value in metrics.items():
-            self.rows.append(
-                {
-                    "run": run,
-                    "checkpoint": checkpoint,
-                    "epoch": epoch,
-                    "step": step,
-                    "split": split,
-                    "metric": metric,
-                    "value": float(value),
-                }
-            )
-
-    def write(self, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-        """Write ``report.csv`` and ``report.json`` into ``out_dir`` atomically."""
-        if not self.rows:
-            raise ValueError("empty report: no checkpoint was analysed")
-        out = Path(out_dir)
-        csv_rows = [{k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in self.rows]
-        write_csv(out / "report.csv", csv_rows, COLUMNS)
-        write_json(
-            out / "report.json",
-            {"schema": SCHEMA, "columns": COLUMNS, "rows": self.rows, "artifacts": self.artifacts},
-        )
-        return out / "report.csv", out / "report.json"
+    runs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> Report:
-        """Read ``report.json`` (or ``report.csv``; a folder means its ``report.json``)."""
+        """Read an output folder (its database), ``report.json`` or ``report.csv``.
+
+        Raises
+        ------
+        FileNotFoundError
+            Nothing to read at ``path``.
+        ValueError
+            Not a geomtools report of this schema.
+        """
         p = Path(path)
         if p.is_dir():
+            if (p / DB_NAME).is_file():
+                with open_existing(p) as store:
+                    return cls(rows=store.rows(), runs=store.runs())
             p = p / "report.json"
         if not p.is_file():
             raise FileNotFoundError(f"report not found: {p}")
@@ -122,7 +89,7 @@ class Report:
             raise ValueError(f"{p}: not valid JSON ({err})") from err
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ValueError(f"{p}: not a geomtools report (schema {SCHEMA!r} expected)")
-        return cls(rows=list(data["rows"]), artifacts=dict(data.get("artifacts", {})))
+        return cls(rows=list(data["rows"]), runs=dict(data.get("runs", {})))
 
     def value(self, run: str, split: str, metric: str, checkpoint: str | None = None) -> float:
         """One value (the last checkpoint of ``run`` when ``checkpoint`` is omitted)."""

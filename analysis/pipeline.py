@@ -1,0 +1,497 @@
+"""One driver for ``analyze``, ``features`` and ``demo``: runs → checkpoints → passes → store.
+
+:func:`analyze_runs` takes :class:`~analysis.runs.RunSpec` s (from the command line, a TOML
+manifest or the demo) and, for each run, builds the model and the data once, hashes every
+checkpoint (SHA-256 of its bytes, streamed), skips those already stored with the same hash and
+options (resume), loads the others (:mod:`analysis.checkpoints`), streams the data through the
+model (:mod:`analysis.extract`) and stores each checkpoint's rows in one transaction
+(:mod:`analysis.store`). Afterwards the run holds exactly the checkpoints of this call (rows of
+checkpoints no longer given are removed: analysing a run again replaces that run's rows only)
+and ``report.csv``/``report.json`` are regenerated — also after an error or Ctrl-C, from what
+was stored.
+
+Data
+----
+The data factory returns ``{split: Dataset or DataLoader}`` or a ``(train, test)`` pair. A
+``DataLoader`` is used exactly as returned (its ``collate_fn``, sampler, workers and batch
+size); a ``Dataset`` gets ``DataLoader(dataset, batch_size, shuffle=False)``. Under
+``torchrun`` (``WORLD_SIZE`` > 1) a ``Dataset`` gets a ``DistributedSampler`` without
+shuffling; a ``DataLoader`` must already have one, and every split's size must divide by the
+number of processes (otherwise the sampler repeats or drops samples and biases the statistics).
+Only rank 0 touches the database; it decides what to (re)compute and tells the other ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from analysis.checkpoints import content_hash, load_into, parse_position, read_checkpoint
+from analysis.collapse import NCCMismatch
+from analysis.extract import ExtractResult, analyze_model, split_metrics
+from analysis.heads import find_head, num_classes_of
+from analysis.io import FeatureFile
+from analysis.runs import RunSpec
+from analysis.stats import FeatureStats
+from analysis.store import ResultsStore, prepare_out
+
+__all__ = [
+    "AnalyzeOptions",
+    "Interrupted",
+    "analyze_feature_file",
+    "analyze_runs",
+    "check_device",
+    "feature_file_result",
+    "make_loaders",
+    "omitted_summary",
+]
+
+
+class Interrupted(Exception):
+    """Ctrl-C during an analysis: ``stored`` of ``total`` checkpoints are in the database."""
+
+    def __init__(self, stored: int, total: int) -> None:
+        super().__init__(f"interrupted: {stored} of {total} checkpoints stored; rerun resumes")
+        self.stored, self.total = stored, total
+
+
+@dataclass
+class AnalyzeOptions:
+    """Options of :func:`analyze_runs` that are the same for every run.
+
+    ``linear_probe`` and ``recall_ks`` change the metrics and are part of the resume key;
+    ``device``, ``batch_size`` (for ``Dataset`` s) and ``progress`` change them only at
+    round-off and are not.
+    """
+
+    device: str = "cpu"
+    batch_size: int = 256
+    force: bool = False
+    trust: bool = False
+    linear_probe: bool = False
+    recall_ks: tuple[int, ...] = ()
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        if any(int(k) < 1 for k in self.recall_ks):
+            raise ValueError(f"--recall values must be positive, got {list(self.recall_ks)}")
+        self.recall_ks = tuple(int(k) for k in self.recall_ks)
+        check_device(self.device)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """Parse ``device`` and check that this machine has it (one-line ``ValueError``)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available in this torch build/machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: unsupported device type {dev.type!r}")
+    return dev
+
+
+@contextmanager
+def distributed(device: str) -> Iterator[tuple[int, int]]:
+    """``(world_size, rank)`` from torchrun's environment; joins its process group if needed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world <= 1:
+        yield 1, 0
+        return
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:  # torchrun's env:// rendezvous
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield world, rank
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def make_loaders(data: Any, batch_size: int, world: int = 1, rank: int = 0) -> dict[str, Any]:
+    """Loaders per split from what a data factory returned (module docstring).
+
+    Raises
+    ------
+    ValueError
+        Not a mapping or pair, a split that is neither ``Dataset`` nor ``DataLoader``, or under
+        ``torchrun`` a ``DataLoader`` without a ``DistributedSampler`` or an uneven split.
+    """
+    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        data = {"train": data[0], "test": data[1]}
+    if not isinstance(data, Mapping) or not data:
+        raise ValueError(
+            "the --data callable must return a dict split -> Dataset/DataLoader, or a "
+            f"(train, test) pair; got {type(data).__name__}"
+        )
+    out: dict[str, Any] = {}
+    for split, d in data.items():
+        where = f"--data split {split!r}"
+        if isinstance(d, DataLoader):
+            if world > 1:
+                sampler = d.sampler
+                if not isinstance(sampler, DistributedSampler):
+                    raise ValueError(
+                        f"{where}: under torchrun a DataLoader must shard with a "
+                        "DistributedSampler (or return the Dataset and geomtools adds one); "
+                        "it is never rebuilt"
+                    )
+                if sampler.num_replicas != world or sampler.rank != rank:
+                    raise ValueError(
+                        f"{where}: its DistributedSampler is for {sampler.num_replicas} ranks "
+                        f"(rank {sampler.rank}), but this is rank {rank} of {world}"
+                    )
+                _check_even(d.dataset, world, where)
+            out[str(split)] = d
+        elif isinstance(d, Dataset):
+            sampler = None
+            if world > 1:
+                _check_even(d, world, where)
+                sampler = DistributedSampler(
+                    d, num_replicas=world, rank=rank, shuffle=False, drop_last=False
+                )
+            out[str(split)] = DataLoader(d, batch_size=batch_size, shuffle=False, sampler=sampler)
+        else:
+            raise ValueError(f"{where}: expected a Dataset or DataLoader, got {type(d).__name__}")
+    return out
+
+
+def _check_even(dataset: Any, world: int, where: str) -> None:
+    n = len(dataset)
+    if n % world:
+        raise ValueError(
+            f"{where}: {n} samples do not shard evenly over {world} ranks "
+            "(DistributedSampler would repeat or drop samples and bias the statistics)"
+        )
+
+
+def _checkpoint_names(run: RunSpec) -> list[str]:
+    names: dict[str, Path] = {}
+    for f in run.checkpoints:
+        if f.stem in names:
+            raise ValueError(
+                f"run {run.name!r}: {names[f.stem]} and {f} have the same checkpoint name "
+                f"{f.stem!r}; rename one or put them in separate runs"
+            )
+        names[f.stem] = f
+    return list(names)
+
+
+def _tensor_key(t: Any) -> str | None:
+    if t is None:
+        return None
+    import hashlib
+
+    arr = torch.as_tensor(t).detach().double().cpu().contiguous()
+    return hashlib.sha256(arr.numpy().tobytes()).hexdigest()[:16] + str(list(arr.shape))
+
+
+@dataclass
+class RunOutcome:
+    """What :func:`analyze_runs` did for one run."""
+
+    name: str
+    computed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    removed: int = 0
+
+
+def analyze_runs(
+    runs: Sequence[RunSpec],
+    out: str | os.PathLike[str],
+    options: AnalyzeOptions | None = None,
+) -> list[RunOutcome]:
+    """Analyse every checkpoint of every run into ``out/results.sqlite`` (module docstring).
+
+    Parameters
+    ----------
+    runs : sequence of RunSpec
+        Distinct run names.
+    out : path-like
+        Output folder (database and exports).
+    options : AnalyzeOptions
+
+    Returns
+    -------
+    list of RunOutcome
+        Per run: checkpoints computed and reused, stale checkpoints removed.
+
+    Raises
+    ------
+    Interrupted
+        On Ctrl-C (the exports are regenerated first).
+    ValueError, FileNotFoundError, TypeError
+        One-line errors naming the run, checkpoint and split.
+    """
+    opts = options or AnalyzeOptions()
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"run names given twice: {dup}")
+    per_run = {r.name: _checkpoint_names(r) for r in runs}
+    total = sum(len(v) for v in per_run.values())
+    with distributed(opts.device) as (world, rank):
+        store = ResultsStore(out) if rank == 0 else None
+        outcomes: list[RunOutcome] = []
+        try:
+            for run in runs:
+                outcomes.append(RunOutcome(run.name))
+                _analyze_run(run, per_run[run.name], store, opts, world, rank, outcomes[-1])
+        except KeyboardInterrupt:
+            stored = sum(len(o.computed) + len(o.reused) for o in outcomes)
+            raise Interrupted(stored, total) from None
+        finally:
+            if store is not None:
+                try:
+                    store.export()
+                finally:
+                    store.close()
+    return outcomes
+
+
+def _analyze_run(
+    run: RunSpec,
+    names: list[str],
+    store: ResultsStore | None,
+    opts: AnalyzeOptions,
+    world: int,
+    rank: int,
+    outcome: RunOutcome,
+) -> None:
+    model = run.build_model()
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"run {run.name!r}: the model factory returned {type(model).__name__}, not an nn.Module"
+        )
+    num_classes = run.num_classes or num_classes_of(model)
+    find_head(model, run.layer)  # an unknown --layer fails before any work
+    loaders = make_loaders(run.build_data(), opts.batch_size, world, rank)
+    options = {
+        "linear_probe": opts.linear_probe,
+        "recall_ks": list(opts.recall_ks),
+        "splits": list(loaders),
+        "similarity": _tensor_key(run.similarity),
+        "num_classes": num_classes,
+    }
+    spec = {**run.describe(), "options": options}
+    key = json.dumps(spec, sort_keys=True)
+    plan: list[tuple[str, Path, str]] = []
+    if store is not None:
+        store.upsert_run(run.name, spec, run.attributes)
+        for name, f in zip(names, run.checkpoints, strict=True):
+            sha = content_hash(f)
+            if not opts.force and store.stored_key(run.name, name) == (sha, key):
+                outcome.reused.append(name)
+            else:
+                plan.append((name, f, sha))
+    if world > 1:
+        import torch.distributed as dist
+
+        box: list[Any] = [plan]
+        dist.broadcast_object_list(box, src=0)
+        plan = box[0]
+    bar = tqdm(plan, desc=f"{run.name}: checkpoints", disable=not opts.progress or not plan)
+    for name, f, sha in bar:
+        ck = read_checkpoint(f, weights=run.weights, trust=opts.trust)
+        epoch, step = parse_position(f.name)
+        epoch = ck.epoch if ck.epoch is not None else epoch
+        step = ck.step if ck.step is not None else step
+        prefix = load_into(model, ck.state_dict, weights=run.weights, source=str(f))
+        result = analyze_model(
+            model,
+            loaders,
+            num_classes,
+            layer=run.layer,
+            device=opts.device,
+            progress=opts.progress,
+            similarity=run.similarity,
+            desc=f"{run.name}/{name} ",
+            reduce=(lambda st: st.all_reduce()) if world > 1 else None,
+            linear_probe=opts.linear_probe,
+            recall_ks=opts.recall_ks,
+        )
+        if store is not None:
+            layout = ck.layout + (f", prefix {prefix!r} removed" if prefix else "")
+            _store(store, run.name, name, f, sha, key, epoch, step, layout, result, run.similarity)
+        outcome.computed.append(name)
+    if store is not None:
+        outcome.removed = store.prune_run(run.name, names)
+
+
+def _store(
+    store: ResultsStore,
+    run: str,
+    name: str,
+    path: Path | str,
+    sha: str,
+    key: str,
+    epoch: int | None,
+    step: int | None,
+    layout: str,
+    result: ExtractResult,
+    similarity: Any,
+) -> None:
+    tensors: dict[tuple[str, str], Any] = {
+        (split, "feature_stats"): st.state_dict() for split, st in result.stats.items()
+    }
+    if result.weight is not None:
+        tensors[("", "weight")] = result.weight
+    if similarity is not None:
+        tensors[("", "similarity")] = torch.as_tensor(similarity).detach().double().cpu()
+    store.store_checkpoint(
+        run,
+        name,
+        path=str(Path(path).resolve()) if isinstance(path, Path) else path,
+        sha256=sha,
+        key=key,
+        epoch=epoch,
+        step=step,
+        layout=layout,
+        layer=result.layer,
+        metrics=result.metrics,
+        omitted=result.omitted,
+        tensors=tensors,
+    )
+
+
+# ---------------------------------------------------------------------------- feature files
+def _accumulate(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    batch_size: int,
+    device: torch.device,
+    desc: str,
+    progress: bool,
+) -> FeatureStats:
+    stats = FeatureStats(num_classes, int(features.shape[1]), device=device)
+    n = int(features.shape[0])
+    if n == 0:
+        raise ValueError(f"{desc}: split has no samples")
+    bar = tqdm(total=n, desc=desc, unit="sample", disable=not progress, leave=False)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        try:
+            stats.update(features[start:stop], labels[start:stop])
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{desc}, samples {start}:{stop}: {err}") from err
+        bar.update(stop - start)
+    bar.close()
+    return stats
+
+
+def feature_file_result(
+    data: FeatureFile,
+    *,
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> ExtractResult:
+    """Every collapse and spectrum metric of every split of a feature file.
+
+    NC4 (``ncc_mismatch``) compares ``argmax_c w_cᵀx + b_c`` with the nearest class mean of
+    the ``train`` split when there is one (Papyan et al. 2020), else of the split itself;
+    without a classifier it is omitted (listed in ``result.omitted``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
+    dev = check_device(device)
+    result = ExtractResult(layer="features", weight=data.weight, bias=data.bias)
+    for name, (x, y) in data.splits.items():
+        result.stats[name] = _accumulate(
+            x, y, data.num_classes, batch_size=batch_size, device=dev, desc=name, progress=progress
+        )
+    for name, stats in result.stats.items():
+        omitted = result.omitted.setdefault(name, {})
+        metrics = split_metrics(stats, data.weight, data.bias, None, omitted)
+        if data.weight is not None:
+            ncc = NCCMismatch(result.stats.get("train", stats), data.weight, data.bias)
+            x = data.splits[name][0]
+            for i in range(0, int(x.shape[0]), batch_size):
+                ncc.update(x[i : i + batch_size])
+            metrics["ncc_mismatch"] = ncc.compute()
+        else:
+            omitted["ncc_mismatch"] = "the feature file has no classifier weight"
+        result.metrics[name] = metrics
+    return result
+
+
+def analyze_feature_file(
+    data: FeatureFile,
+    out: str | os.PathLike[str],
+    *,
+    run: str,
+    checkpoint: str,
+    sha256: str,
+    path: str,
+    batch_size: int = 4096,
+    device: str = "cpu",
+    progress: bool = True,
+) -> ExtractResult:
+    """:func:`feature_file_result` stored as one checkpoint of ``run`` in ``out``'s database.
+
+    The run's rows are replaced by this file's (exports regenerated), as for ``analyze``.
+    """
+    from analysis.runs import validate_run_name
+
+    validate_run_name(run)
+    prepare_out(out)
+    result = feature_file_result(data, batch_size=batch_size, device=device, progress=progress)
+    spec = {"source": "feature file", "num_classes": data.num_classes}
+    with ResultsStore(out) as store:
+        try:
+            store.upsert_run(run, spec)
+            _store(
+                store,
+                run,
+                checkpoint,
+                path,
+                sha256,
+                json.dumps(spec, sort_keys=True),
+                None,
+                None,
+                data.source or "feature file",
+                result,
+                None,
+            )
+            store.prune_run(run, [checkpoint])
+        finally:
+            store.export()
+    return result
+
+
+def omitted_summary(out: str | os.PathLike[str]) -> list[tuple[str, str, str, int]]:
+    """``(run, metric, reason, number of checkpoints)`` for every omitted metric in ``out``."""
+    from analysis.store import open_existing
+
+    groups: dict[tuple[str, str, str], set[str]] = {}
+    with open_existing(out) as store:
+        for o in store.omitted():
+            groups.setdefault((o["run"], o["metric"], o["reason"]), set()).add(o["checkpoint"])
+    return [(run, metric, reason, len(c)) for (run, metric, reason), c in groups.items()]
