@@ -248,7 +248,11 @@ def read_checkpoint(
     if weights == "ema":
         # Lightning: EMA copies live inside the state_dict under an attribute like 'ema_model.'
         inner = obj.get("state_dict")
-        if _is_state_dict(inner) and any("ema" in k.split(".", 1)[0] for k in inner):
+        if (
+            isinstance(inner, Mapping)
+            and _is_state_dict(inner)
+            and any("ema" in k.split(".", 1)[0] for k in inner)
+        ):
             return Checkpoint(dict(inner), epoch, step, "'state_dict' entry (EMA prefix)")
         raise ValueError(
             f"{p}: --weights ema, but the file has no EMA weights (looked for "
@@ -364,5 +368,7 @@ def load_into(
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{source}: could not be loaded into the model ({_first_line(err)})") from err
+        raise ValueError(
+            f"{source}: could not be loaded into the model ({_first_line(err)})"
+        ) from err
     return prefix

@@ -1,4 +1,4 @@
-"""The streaming pass: a model and its data loaders → float64 statistics and every metric.
+r"""The streaming pass: a model and its data loaders → float64 statistics and every metric.
 
 1. :func:`analysis.heads.find_head` picks the feature layer and a forward hook
    (:class:`analysis.heads.FeatureCapture`) captures what it sees;
@@ -13,7 +13,7 @@
 
 Batches are used exactly as the loader yields them: ``(inputs, labels, ...)`` tuples or dicts
 with ``input``/``x`` and ``label``/``y``. The network's decision is the ``argmax`` of its
-logits; for a linear, ETF or HAFrame head this is :math:`\\arg\\max_c (w_c^\\top x + b_c)`.
+logits; for a linear, ETF or HAFrame head this is :math:`\arg\max_c (w_c^\top x + b_c)`.
 
 Undefined metrics
 -----------------
@@ -40,8 +40,9 @@ from analysis.stats import FeatureStats
 
 __all__ = ["ExtractResult", "analyze_model", "extract_split_stats", "split_metrics"]
 
-# the metrics of collapse_metrics that need classifier rows (omitted, with the reason, without)
-_WEIGHT_METRICS = "nc2_weights, nc3 (self-duality)"
+# the keys of collapse_metrics that need classifier rows (omitted, with the reason, without);
+# tests/analysis/test_pipeline.py checks this against collapse_metrics itself
+WEIGHT_METRICS = ("equinorm_weights", "equiangularity_weights", "etf_error_weights", "self_duality")
 
 
 @dataclass
@@ -173,7 +174,7 @@ def extract_split_stats(
     for split in loaders:
         omit = result.omitted.setdefault(split, {})
         if weight is None:
-            omit[_WEIGHT_METRICS] = why
+            omit.update(dict.fromkeys(WEIGHT_METRICS, why))
         if split not in result.ncc_mismatch:
             omit["ncc_mismatch"] = "no 'train' split to take the class means from"
     return result
@@ -220,10 +221,8 @@ def _pass(
             or logits.ndim != 2
             or logits.shape[1] != num_classes
         ):
-            raise ValueError(
-                f"{where}: model output must be logits [B, {num_classes}], got "
-                f"{list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}"
-            )
+            got = logits.shape if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"{where}: model output must be logits [B, {num_classes}], got {got}")
         if y.ndim != 1 or y.shape[0] != feats.shape[0]:
             raise ValueError(
                 f"{where}: labels of shape {list(y.shape)} for {feats.shape[0]} samples"
@@ -257,15 +256,12 @@ def split_metrics(
     """Collapse and spectrum metrics of one split; undefined spectrum measures go to ``omitted``.
 
     :func:`~analysis.collapse.collapse_metrics` (classifier rows when given, ``frame_distance``
-    with ``similarity``) and :func:`~analysis.spectrum.spectrum_metrics`; when the spectrum
-    measures are undefined (e.g. Σ_W = 0 at exact collapse) they are left out and
-    ``omitted["spectrum metrics"]`` says why.
+    with ``similarity``) and :func:`~analysis.spectrum.spectrum_metrics`; a spectrum measure
+    that is undefined (e.g. an effective rank of Σ_W = 0 at exact collapse) is left out and
+    ``omitted[key]`` says why.
     """
     m = collapse_metrics(stats, weight, bias, similarity=similarity)
-    try:
-        m.update(spectrum_metrics(stats))
-    except ValueError as err:
-        omitted["spectrum metrics"] = str(err).splitlines()[0]
+    m.update(spectrum_metrics(stats, omitted=omitted))
     return m
 
 

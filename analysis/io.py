@@ -79,7 +79,9 @@ def _from_mapping(data: Mapping[str, Any], source: str) -> FeatureFile:
             )
     for key, (x, y) in splits.items():
         if x.ndim != 2:
-            raise ValueError(f"{source}: split {key!r}: features must be [N, D], got {list(x.shape)}")
+            raise ValueError(
+                f"{source}: split {key!r}: features must be [N, D], got {list(x.shape)}"
+            )
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(
                 f"{source}: split {key!r}: {x.shape[0]} feature rows but labels of shape "

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +37,12 @@ from tqdm.auto import tqdm
 
 from analysis.checkpoints import content_hash, load_into, parse_position, read_checkpoint
 from analysis.collapse import NCCMismatch
-from analysis.extract import ExtractResult, analyze_model, split_metrics
+from analysis.extract import WEIGHT_METRICS, ExtractResult, analyze_model, split_metrics
 from analysis.heads import find_head, num_classes_of
 from analysis.io import FeatureFile
 from analysis.runs import RunSpec
 from analysis.stats import FeatureStats
-from analysis.store import ResultsStore, prepare_out
+from analysis.store import DB_NAME, ResultsStore, prepare_out
 
 __all__ = [
     "AnalyzeOptions",
@@ -95,10 +95,14 @@ def check_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from err
+        raise ValueError(
+            f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)"
+        ) from err
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available in this torch build/machine")
+            raise ValueError(
+                f"--device {device}: CUDA is not available in this torch build/machine"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(
                 f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
@@ -255,8 +259,9 @@ def analyze_runs(
         raise ValueError(f"run names given twice: {dup}")
     per_run = {r.name: _checkpoint_names(r) for r in runs}
     total = sum(len(v) for v in per_run.values())
+    prepare_out(out, create=False)
     with distributed(opts.device) as (world, rank):
-        store = ResultsStore(out) if rank == 0 else None
+        store = _LazyStore(out) if rank == 0 else None
         outcomes: list[RunOutcome] = []
         try:
             for run in runs:
@@ -267,17 +272,38 @@ def analyze_runs(
             raise Interrupted(stored, total) from None
         finally:
             if store is not None:
-                try:
-                    store.export()
-                finally:
-                    store.close()
+                store.close()
     return outcomes
+
+
+class _LazyStore:
+    """The results database, created only when the first checkpoint is stored.
+
+    A call that fails before storing anything leaves a new ``OUT`` uncreated. On close the
+    exports are regenerated if the database exists.
+    """
+
+    def __init__(self, out: str | os.PathLike[str]) -> None:
+        self.out = out
+        self.store = ResultsStore(out) if (Path(out) / DB_NAME).exists() else None
+
+    def get(self) -> ResultsStore:
+        if self.store is None:
+            self.store = ResultsStore(self.out)
+        return self.store
+
+    def close(self) -> None:
+        if self.store is not None:
+            try:
+                self.store.export()
+            finally:
+                self.store.close()
 
 
 def _analyze_run(
     run: RunSpec,
     names: list[str],
-    store: ResultsStore | None,
+    lazy: _LazyStore | None,
     opts: AnalyzeOptions,
     world: int,
     rank: int,
@@ -301,14 +327,16 @@ def _analyze_run(
     spec = {**run.describe(), "options": options}
     key = json.dumps(spec, sort_keys=True)
     plan: list[tuple[str, Path, str]] = []
-    if store is not None:
-        store.upsert_run(run.name, spec, run.attributes)
+    if lazy is not None:
         for name, f in zip(names, run.checkpoints, strict=True):
             sha = content_hash(f)
-            if not opts.force and store.stored_key(run.name, name) == (sha, key):
+            stored = lazy.store.stored_key(run.name, name) if lazy.store is not None else None
+            if not opts.force and stored == (sha, key):
                 outcome.reused.append(name)
             else:
                 plan.append((name, f, sha))
+        if lazy.store is not None:
+            lazy.store.upsert_run(run.name, spec, run.attributes)
     if world > 1:
         import torch.distributed as dist
 
@@ -335,12 +363,15 @@ def _analyze_run(
             linear_probe=opts.linear_probe,
             recall_ks=opts.recall_ks,
         )
-        if store is not None:
+        if lazy is not None:
+            store = lazy.get()
+            if not outcome.computed:
+                store.upsert_run(run.name, spec, run.attributes)
             layout = ck.layout + (f", prefix {prefix!r} removed" if prefix else "")
             _store(store, run.name, name, f, sha, key, epoch, step, layout, result, run.similarity)
         outcome.computed.append(name)
-    if store is not None:
-        outcome.removed = store.prune_run(run.name, names)
+    if lazy is not None and lazy.store is not None:
+        outcome.removed = lazy.store.prune_run(run.name, names)
 
 
 def _store(
@@ -430,6 +461,10 @@ def feature_file_result(
     for name, stats in result.stats.items():
         omitted = result.omitted.setdefault(name, {})
         metrics = split_metrics(stats, data.weight, data.bias, None, omitted)
+        if data.weight is None:
+            omitted.update(
+                dict.fromkeys(WEIGHT_METRICS, "the feature file has no classifier weight")
+            )
         if data.weight is not None:
             ncc = NCCMismatch(result.stats.get("train", stats), data.weight, data.bias)
             x = data.splits[name][0]
@@ -461,7 +496,6 @@ def analyze_feature_file(
     from analysis.runs import validate_run_name
 
     validate_run_name(run)
-    prepare_out(out)
     result = feature_file_result(data, batch_size=batch_size, device=device, progress=progress)
     spec = {"source": "feature file", "num_classes": data.num_classes}
     with ResultsStore(out) as store:

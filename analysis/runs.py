@@ -142,7 +142,9 @@ def _call(spec: str | Callable[..., Any], kwargs: Mapping[str, Any], flag: str) 
         return fn(**kwargs)
     except TypeError as err:
         if kwargs and "argument" in str(err):
-            raise ValueError(f"{flag} {_label(spec)} rejected its keyword arguments: {err}") from err
+            raise ValueError(
+                f"{flag} {_label(spec)} rejected its keyword arguments: {err}"
+            ) from err
         raise
 
 
@@ -182,7 +184,7 @@ def resolve(spec: str | Callable[..., Any]) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ValueError(f"{spec!r} is not callable (got {type(obj).__name__})")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def parse_kwargs(text: str | None, flag: str) -> dict[str, Any]:
@@ -265,10 +267,10 @@ def load_manifest(path: str | os.PathLike[str], **defaults: Any) -> list[RunSpec
         Invalid TOML, unknown keys, missing ``checkpoints``/``model``/``data``, duplicate or
         invalid run names.
     """
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # pragma: no cover - Python 3.10: the same parser, as a package
+        import tomli as tomllib
 
     p = Path(path)
     if not p.is_file():

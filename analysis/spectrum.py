@@ -466,7 +466,10 @@ def alpha_req(
 
 # ---------------------------------------------------------------------------- all at once
 def spectrum_metrics(
-    stats: FeatureStats, *, index_range: tuple[int, int] | None = None
+    stats: FeatureStats,
+    *,
+    index_range: tuple[int, int] | None = None,
+    omitted: dict[str, str] | None = None,
 ) -> dict[str, float]:
     r"""Every spectral measure with its default convention, under stable keys.
 
@@ -485,6 +488,9 @@ def spectrum_metrics(
     stats : FeatureStats
     index_range : (int, int), optional
         Passed to :func:`alpha_req`.
+    omitted : dict, optional
+        If given, an undefined measure is left out of the result and ``omitted[key]`` holds
+        the reason, instead of raising (the pipeline's policy: omitted and listed).
 
     Returns
     -------
@@ -494,31 +500,31 @@ def spectrum_metrics(
     ------
     ValueError
         If a measure is undefined (e.g. :math:`\Sigma_W = 0` at exact collapse, a single class
-        so :math:`\Sigma_B = 0`, or :math:`\Sigma_T` of rank < 2 for α-ReQ); the message names
-        the key.
+        so :math:`\Sigma_B = 0`, or :math:`\Sigma_T` of rank < 2 for α-ReQ) and ``omitted`` is
+        not given; the message names the key.
     """
     stats = _check_stats(stats)
     stats.present_classes()  # emit the empty-class warning once, here
     out: dict[str, float] = {}
 
-    def put(key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def put(keys: tuple[str, ...], fn: Any, *args: Any, **kwargs: Any) -> None:
         try:
-            return fn(*args, **kwargs)
+            value = fn(*args, **kwargs)
         except ValueError as err:
-            raise ValueError(f"spectrum_metrics[{key!r}]: {err}") from err
+            if omitted is None:
+                raise ValueError(f"spectrum_metrics[{keys[0]!r}]: {err}") from err
+            for key in keys:
+                omitted[key] = str(err).splitlines()[0]
+            return
+        values = value if len(keys) > 1 else (value,)
+        out.update(zip(keys, (float(v) for v in values), strict=True))
 
     total = eigenvalues(stats, "total")
-    out["effective_rank_within"] = put(
-        "effective_rank_within", effective_rank, eigenvalues(stats, "within")
-    )
-    out["effective_rank_between"] = put(
-        "effective_rank_between", effective_rank, eigenvalues(stats, "between")
-    )
-    out["effective_rank_total"] = put("effective_rank_total", effective_rank, total)
-    out["rankme"] = put("rankme", rankme, stats)
-    out["stable_rank_total"] = put("stable_rank_total", stable_rank, total)
-    out["participation_ratio_total"] = put("participation_ratio_total", participation_ratio, total)
-    alpha, r2 = put("alpha_req_total", alpha_req, total, index_range=index_range)
-    out["alpha_req_total"] = alpha
-    out["alpha_req_total_r2"] = r2
+    put(("effective_rank_within",), effective_rank, eigenvalues(stats, "within"))
+    put(("effective_rank_between",), effective_rank, eigenvalues(stats, "between"))
+    put(("effective_rank_total",), effective_rank, total)
+    put(("rankme",), rankme, stats)
+    put(("stable_rank_total",), stable_rank, total)
+    put(("participation_ratio_total",), participation_ratio, total)
+    put(("alpha_req_total", "alpha_req_total_r2"), alpha_req, total, index_range=index_range)
     return out

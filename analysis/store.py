@@ -98,7 +98,9 @@ CREATE TABLE IF NOT EXISTS tensors (
 );
 """
 _TABLES = ("runs", "checkpoints", "metrics", "omitted", "tensors")
-_ORDER = "ORDER BY c.run, COALESCE(c.epoch, -1), COALESCE(c.step, -1), c.name"
+# rows in the order runs were first stored, then training order within a run
+_RUN = "JOIN runs r ON r.name = c.run"
+_ORDER = "ORDER BY r.rowid, COALESCE(c.epoch, -1), COALESCE(c.step, -1), c.name"
 
 
 def _dumps(obj: Any) -> bytes:
@@ -114,8 +116,8 @@ def _loads(blob: bytes, where: str) -> Any:
         raise ValueError(f"{where}: stored tensors are unreadable ({type(err).__name__})") from err
 
 
-def prepare_out(out: str | os.PathLike[str]) -> Path:
-    """Create the output folder, or say in one line why it cannot be used.
+def prepare_out(out: str | os.PathLike[str], *, create: bool = True) -> Path:
+    """Create the output folder (or, with ``create=False``, check that it could be).
 
     Raises
     ------
@@ -126,14 +128,18 @@ def prepare_out(out: str | os.PathLike[str]) -> Path:
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise ValueError(f"output folder {p} is a file, not a folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as err:
-        raise ValueError(f"cannot create output folder {p}: a part of the path is a file") from err
-    except OSError as err:
-        raise ValueError(f"cannot create output folder {p}: {err.strerror or err}") from err
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise ValueError(f"output folder {p} is not writable")
+    ancestor = p
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot create output folder {p}: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder {p}: {ancestor} is not writable")
+    if create:
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"cannot create output folder {p}: {err.strerror or err}") from err
     if (p / "report.json").is_file() and not (p / DB_NAME).exists():
         raise ValueError(
             f"{p} holds a report.json from an older geomtools but no {DB_NAME}; analyse into a "
@@ -329,8 +335,7 @@ class ResultsStore:
         """Delete the run's checkpoints not in ``keep``; return how many were deleted."""
         with self.transaction():
             names = [
-                r[0]
-                for r in self.db.execute("SELECT name FROM checkpoints WHERE run = ?", (run,))
+                r[0] for r in self.db.execute("SELECT name FROM checkpoints WHERE run = ?", (run,))
             ]
             gone = [n for n in names if n not in set(keep)]
             self.db.executemany(
@@ -358,14 +363,14 @@ class ResultsStore:
     # ------------------------------------------------------------------ reading
     def run_names(self) -> list[str]:
         """Every stored run, by name."""
-        return [r[0] for r in self.db.execute("SELECT name FROM runs ORDER BY name")]
+        return [r[0] for r in self.db.execute("SELECT name FROM runs ORDER BY rowid")]
 
     def runs(self) -> dict[str, dict[str, Any]]:
         """Run → ``{"spec": ..., "attributes": ...}``."""
         return {
             name: {"spec": json.loads(spec), "attributes": json.loads(attrs)}
             for name, spec, attrs in self.db.execute(
-                "SELECT name, spec, attributes FROM runs ORDER BY name"
+                "SELECT name, spec, attributes FROM runs ORDER BY rowid"
             )
         }
 
@@ -373,7 +378,7 @@ class ResultsStore:
         """The run's stored checkpoints in training order (epoch, step, name)."""
         cur = self.db.execute(
             "SELECT c.name, c.path, c.sha256, c.epoch, c.step, c.layout FROM checkpoints c "
-            f"WHERE c.run = ? {_ORDER}",
+            f"{_RUN} WHERE c.run = ? {_ORDER}",
             (run,),
         )
         keys = ("name", "path", "sha256", "epoch", "step", "layout")
@@ -384,7 +389,7 @@ class ResultsStore:
         cur = self.db.execute(
             "SELECT m.run, m.checkpoint, c.epoch, c.step, m.split, m.layer, m.metric, m.value "
             "FROM metrics m JOIN checkpoints c ON c.run = m.run AND c.name = m.checkpoint "
-            f"{_ORDER}, m.seq"
+            f"{_RUN} {_ORDER}, m.seq"
         )
         return [dict(zip(COLUMNS, r, strict=True)) for r in cur]
 
@@ -393,7 +398,7 @@ class ResultsStore:
         cols = ("run", "checkpoint", "split", "layer", "metric", "reason")
         cur = self.db.execute(
             f"SELECT o.{', o.'.join(cols)} FROM omitted o JOIN checkpoints c "
-            f"ON c.run = o.run AND c.name = o.checkpoint {_ORDER}, o.split, o.metric"
+            f"ON c.run = o.run AND c.name = o.checkpoint {_RUN} {_ORDER}, o.split, o.metric"
         )
         return [dict(zip(cols, r, strict=True)) for r in cur]
 
@@ -419,7 +424,9 @@ class ResultsStore:
             runs = self.runs()
             omitted = self.omitted()
             write_csv(
-                csv_path, [{k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in rows], COLUMNS
+                csv_path,
+                [{k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in rows],
+                COLUMNS,
             )
             write_json(
                 json_path,
@@ -528,5 +535,5 @@ def open_existing(out: str | os.PathLike[str]) -> ResultsStore:
     if p.is_file() and p.name in ("report.json", "report.csv", DB_NAME):
         p = p.parent
     if not (p / DB_NAME).is_file():
-        raise FileNotFoundError(f"no {DB_NAME} in {p} (analyse into it first)")
+        raise FileNotFoundError(f"results not found: no {DB_NAME} in {p} (analyse into it first)")
     return ResultsStore(p, create=False)

@@ -5,12 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.cli import analyze_features, digits_feature_file, main
+from analysis.cli import main
 from analysis.collapse import collapse_metrics, ncc_mismatch
-from analysis.io import atomic_write_text, load_feature_file
+from analysis.io import atomic_write_text, digits_feature_file, load_feature_file
+from analysis.pipeline import feature_file_result
 from analysis.report import Report
 from analysis.spectrum import spectrum_metrics
 from analysis.stats import FeatureStats
+
+
+def analyze_features(data, **kw):
+    return feature_file_result(data, **kw).metrics
 
 
 def _data(seed: int = 0, n: int = 200, k: int = 4, d: int = 6):

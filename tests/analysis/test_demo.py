@@ -56,7 +56,7 @@ def test_demo_rerun_reuses_checkpoints_and_cache(demo_out: Path, monkeypatch) ->
         raise AssertionError("retrained or reanalysed")
 
     monkeypatch.setattr(demo, "_train", boom)
-    monkeypatch.setattr("analysis.extract.analyze_model", boom)
+    monkeypatch.setattr("analysis.pipeline.analyze_model", boom)
     before = Report.read(demo_out).rows
     demo.run_demo(demo_out, epochs=2, progress=False, figures=False)
     assert Report.read(demo_out).rows == before

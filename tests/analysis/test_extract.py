@@ -12,11 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from analysis import extract
+from analysis import extract, heads, pipeline
+from analysis.checkpoints import parse_position
 from analysis.cli import main
 from analysis.collapse import collapse_metrics
-from analysis.report import COLUMNS, Report, linear_probe, parse_position
+from analysis.report import COLUMNS, Report, linear_probe
 from analysis.stats import FeatureStats
+from analysis.store import ResultsStore
 from tests.analysis import tiny_model
 
 SPEC = ["--model", "tests.analysis.tiny_model:model", "--data", "tests.analysis.tiny_model:data"]
@@ -72,29 +74,35 @@ def test_analyze_cli_matches_brute_force_and_resumes(tmp_path, monkeypatch):
             for key, value in metrics.items():
                 got = rep.value("run1", split, key, checkpoint=p.stem)
                 assert got == pytest.approx(value, rel=1e-9, abs=1e-12), (p.stem, split, key)
-    assert sorted(f.name for f in (out / "cache" / "run1").iterdir()) == [
-        "epoch1.pt",
-        "epoch2.pt",
-        "epoch3.pt",
-    ]
+    with ResultsStore(out) as store:
+        assert [c["name"] for c in store.checkpoints("run1")] == ["epoch1", "epoch2", "epoch3"]
+        assert all(c["layout"] == "'model' entry" for c in store.checkpoints("run1"))
 
     # resume: nothing is recomputed
     def boom(*a, **k):
-        raise AssertionError("recomputed a cached checkpoint")
+        raise AssertionError("recomputed a stored checkpoint")
 
-    monkeypatch.setattr(extract, "analyze_model", boom)
+    monkeypatch.setattr(pipeline, "analyze_model", boom)
     assert main(["analyze", str(tmp_path / "run1"), *SPEC, "--out", str(out), "--no-progress"]) == 0
     assert Report.read(out).rows == rep.rows
-    # a changed checkpoint is recomputed (its size/mtime fingerprint changed)
+    # touching a file does not recompute it (resume keys on the content hash, not mtime) ...
+    os.utime(paths[1], ns=(1, 1))
+    assert main(["analyze", str(tmp_path / "run1"), *SPEC, "--out", str(out), "--no-progress"]) == 0
+    # ... but new content with the same size, name and mtime does
     monkeypatch.undo()
+    st = paths[2].stat()
     torch.manual_seed(99)
     torch.save({"model": tiny_model.model().state_dict(), "epoch": 3}, paths[2])
-    os.utime(paths[2], ns=(1, 1))
+    assert paths[2].stat().st_size == st.st_size
+    os.utime(paths[2], ns=(st.st_atime_ns, st.st_mtime_ns))
     assert main(["analyze", str(tmp_path / "run1"), *SPEC, "--out", str(out), "--no-progress"]) == 0
     new = Report.read(out)
     state = torch.load(paths[2], weights_only=True)["model"]
     acc = _brute_force(state)["test"]["accuracy"]
     assert new.value("run1", "test", "accuracy", checkpoint="epoch3") == pytest.approx(acc)
+    assert new.value("run1", "test", "nc1", checkpoint="epoch3") != rep.value(
+        "run1", "test", "nc1", checkpoint="epoch3"
+    )
 
 
 def test_force_flag_recomputes(tmp_path, monkeypatch):
@@ -102,13 +110,13 @@ def test_force_flag_recomputes(tmp_path, monkeypatch):
     out = tmp_path / "res"
     assert main(["analyze", str(tmp_path / "r"), *SPEC, "--out", str(out), "--no-progress"]) == 0
     calls = []
-    real = extract.analyze_model
+    real = pipeline.analyze_model
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(extract, "analyze_model", counting)
+    monkeypatch.setattr(pipeline, "analyze_model", counting)
     assert main(["analyze", str(tmp_path / "r"), *SPEC, "--out", str(out), "--no-progress"]) == 0
     assert calls == []
     assert (
@@ -174,18 +182,20 @@ def test_layer_option_and_frame_head():
 
     body = nn.Sequential(nn.Linear(5, 4), nn.Tanh())
     model = nn.Sequential(body, FixedFrameHead(simplex_etf(3, 4, seed=0)))
-    name, head = extract.find_head(model)
-    assert name == "1" and extract.classifier_of(head)[1] is None
-    assert extract.classifier_of(head)[0].shape == (3, 4)
-    assert extract.find_head(model, "0.0")[1] is body[0]
+    head = heads.find_head(model)
+    assert head.name == "1" and heads.classifier_of(head, 3)[1] is None
+    assert heads.classifier_of(head, 3)[0].shape == (3, 4)
+    assert heads.find_head(model, "0.0").module is body[0]
     with pytest.raises(ValueError, match="no module 'nope'"):
-        extract.find_head(model, "nope")
+        heads.find_head(model, "nope")
     gcr = nn.Sequential(nn.Linear(5, 4), GrassmannHead(4, 3, 2))
-    assert extract.classifier_of(extract.find_head(gcr)[1]) == (None, None)
+    w, b, why = heads.classifier_of(heads.find_head(gcr), 3)
+    assert (w, b) == (None, None) and "GrassmannHead" in why
     loaders = {"train": [(torch.randn(12, 5), torch.arange(12) % 3)]}
-    metrics, _ = extract.analyze_model(gcr, loaders, 3, progress=False)
-    assert 0.0 <= metrics["train"]["ncc_mismatch"] <= 1.0
-    assert "self_duality" not in metrics["train"]
+    res = extract.analyze_model(gcr, loaders, 3, progress=False)
+    assert 0.0 <= res.metrics["train"]["ncc_mismatch"] <= 1.0
+    assert "self_duality" not in res.metrics["train"]
+    assert set(extract.WEIGHT_METRICS) <= set(res.omitted["train"])
     with pytest.raises(ValueError, match="logits"):
         extract.analyze_model(nn.Linear(5, 4), loaders, 3, progress=False)
 
@@ -195,16 +205,19 @@ def test_parse_position_and_report_roundtrip(tmp_path):
     assert parse_position("ckpt-step-3000.pth") == (None, 3000)
     assert parse_position("ep5_iter200.pt") == (5, 200)
     assert parse_position("final.pt") == (None, None)
-    rep = Report()
-    rep.add(run="a", checkpoint="c1", split="test", metrics={"nc1": 0.5, "x": 2.0}, epoch=1)
-    with pytest.raises(ValueError, match="non-finite"):
-        rep.add(run="a", checkpoint="c1", split="test", metrics={"nc1": math.nan})
-    rep.write(tmp_path)
-    assert Report.read(tmp_path / "report.csv").rows == rep.rows
-    assert Report.read(tmp_path).rows == rep.rows
+    with ResultsStore(tmp_path) as store:
+        store.upsert_run("a", {"model": "m"})
+        kw = dict(path="p", sha256="s", key="k", step=None, layout="", layer="fc")
+        store.store_checkpoint("a", "c1", epoch=1, metrics={"test": {"nc1": 0.5, "x": 2.0}}, **kw)
+        with pytest.raises(ValueError, match="non-finite"):
+            store.store_checkpoint("a", "c2", epoch=2, metrics={"test": {"nc1": math.nan}}, **kw)
+        store.export()
+        rows = store.rows()
+    assert [r["metric"] for r in rows] == ["nc1", "x"] and rows[0]["epoch"] == 1
+    assert Report.read(tmp_path / "report.csv").rows == rows
+    assert Report.read(tmp_path / "report.json").rows == rows
+    assert Report.read(tmp_path).rows == rows
     assert json.loads((tmp_path / "report.json").read_text())["columns"] == COLUMNS
-    with pytest.raises(ValueError, match="empty report"):
-        Report().write(tmp_path / "empty")
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="not a geomtools report"):
         Report.read(tmp_path / "x.json")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -449,11 +448,27 @@ def test_render_all_only_what_is_there(tmp_path: Path) -> None:
         render_all(rows, out_dir=tmp_path, targets_by_run={"x": np.eye(2)})
 
 
-def test_render_report_reads_written_json(tmp_path: Path) -> None:
+def test_render_report_reads_the_results_database(tmp_path: Path) -> None:
+    from analysis.store import ResultsStore
+
     rows = make_rows(runs=("etf",), splits=("train",), metrics=("nc1",))
-    payload = {"schema": "geomtools.report/1", "rows": rows, "artifacts": {}}
-    (tmp_path / "report.json").write_text(json.dumps(payload), encoding="utf-8")
-    paths = render_report(tmp_path, tmp_path / "figs", formats=("png",))
+    with ResultsStore(tmp_path) as store:
+        store.upsert_run("etf", {})
+        for r in rows:
+            store.store_checkpoint(
+                "etf",
+                r["checkpoint"],
+                path="p",
+                sha256="s",
+                key="k",
+                epoch=r["epoch"],
+                step=r["step"],
+                layout="",
+                layer="fc",
+                metrics={r["split"]: {r["metric"]: r["value"]}},
+            )
+        store.export()
+    paths = render_report(tmp_path / "report.json", tmp_path / "figs", formats=("png",))
     assert paths == [tmp_path / "figs" / "nc_trajectories_train.png"]
     assert paths[0].stat().st_size > 0
 
