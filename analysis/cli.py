@@ -178,8 +178,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from analysis.store import ResultsStore
+    from analysis.store import ResultsStore, open_existing
 
+    for src in args.sources:  # every source readable before OUT is created or touched
+        open_existing(src).close()
     with ResultsStore(args.out) as store:
         try:
             for src in args.sources:
