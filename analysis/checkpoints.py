@@ -31,6 +31,7 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,7 @@ class Checkpoint:
     epoch: int | None
     step: int | None
     layout: str
+    ema_by_prefix: bool = False  # the EMA weights are the keys under an 'ema' attribute prefix
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -147,18 +149,29 @@ def _is_state_dict(obj: Any) -> bool:
 
 
 def _torch_load(p: Path, trust: bool) -> Any:
-    try:
-        return torch.load(p, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as err:
-        if not trust and "weights_only" in str(err) and "global" in str(err).lower():
-            raise ValueError(
-                f"{p}: holds pickled Python objects (e.g. a whole nn.Module), which "
-                "torch.load(weights_only=True) refuses to run; save model.state_dict(), or "
-                "pass --trust-checkpoint if you trust this file"
-            ) from err
-        raise ValueError(f"{p}: not a readable torch checkpoint ({_first_line(err)})") from err
-    except Exception as err:  # truncated zip, random bytes, ...
-        raise ValueError(f"{p}: not a readable torch checkpoint ({_first_line(err)})") from err
+    corrupt = (
+        f"{p}: not a readable torch checkpoint (corrupt, truncated or not written by torch.save)"
+    )
+    # torch may warn about what it reads (e.g. a pickle protocol) before failing on a corrupt
+    # file: those warnings are shown only when the file loads, so an error stays one line
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=not trust)
+        except pickle.UnpicklingError as err:
+            text = str(err)
+            if not trust and "Unsupported global" in text:
+                raise ValueError(
+                    f"{p}: holds pickled Python objects (e.g. a whole nn.Module), which "
+                    "torch.load(weights_only=True) refuses to run; save model.state_dict(), "
+                    "or pass --trust-checkpoint if you trust this file"
+                ) from err
+            raise ValueError(corrupt) from err
+        except Exception as err:  # truncated zip, random bytes, ...
+            raise ValueError(corrupt) from err
+    for w in seen:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj
 
 
 def _first_line(err: BaseException) -> str:
@@ -238,12 +251,12 @@ def read_checkpoint(
             return Checkpoint(dict(_drop_bookkeeping(inner)), epoch, step, f"{key!r} entry")
     if _is_state_dict(obj):
         if weights == "ema":
-            if not any("ema" in k.split(".", 1)[0] for k in obj):
+            if not any(_is_ema_name(k.split(".", 1)[0]) for k in obj):
                 raise ValueError(
                     f"{p}: --weights ema, but the file has no EMA weights (looked for "
                     f"{', '.join(repr(k) for k in _EMA_KEYS)} and an 'ema' key prefix)"
                 )
-            return Checkpoint(dict(obj), epoch, step, "raw state_dict (EMA prefix)")
+            return Checkpoint(dict(obj), epoch, step, "raw state_dict (EMA prefix)", True)
         return Checkpoint(dict(obj), epoch, step, "raw state_dict")
     if weights == "ema":
         # Lightning: EMA copies live inside the state_dict under an attribute like 'ema_model.'
@@ -251,9 +264,9 @@ def read_checkpoint(
         if (
             isinstance(inner, Mapping)
             and _is_state_dict(inner)
-            and any("ema" in k.split(".", 1)[0] for k in inner)
+            and any(_is_ema_name(k.split(".", 1)[0]) for k in inner)
         ):
-            return Checkpoint(dict(inner), epoch, step, "'state_dict' entry (EMA prefix)")
+            return Checkpoint(dict(inner), epoch, step, "'state_dict' entry (EMA prefix)", True)
         raise ValueError(
             f"{p}: --weights ema, but the file has no EMA weights (looked for "
             f"{', '.join(repr(k) for k in _EMA_KEYS)}); top-level keys: {_short(list(obj))}"
@@ -262,6 +275,12 @@ def read_checkpoint(
         f"{p}: no state_dict found (expected a dict of tensors, or one under "
         f"{', '.join(repr(k) for k in _MODEL_KEYS)}); top-level keys: {_short(list(obj))}"
     )
+
+
+def _is_ema_name(attribute: str) -> bool:
+    """``ema``, ``model_ema``, ``ema-model``, ``netEMA``... — not ``semantic_head``."""
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", attribute).lower()
+    return "ema" in re.split(r"[_\-.]+", words)
 
 
 def _drop_bookkeeping(sd: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -294,9 +313,24 @@ def match_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     *,
     weights: str = "model",
+    ema_by_prefix: bool = False,
     source: str = "checkpoint",
 ) -> tuple[dict[str, torch.Tensor], str]:
     """Map a checkpoint's keys onto ``model``'s (module docstring: wrappers, one prefix).
+
+    Parameters
+    ----------
+    model : nn.Module
+    state_dict : mapping
+    weights : {"model", "ema"}
+        When two prefixes match, the one with (``"ema"``) or without (``"model"``) an ``ema``
+        attribute name is taken.
+    ema_by_prefix : bool
+        The EMA weights are those under an ``ema`` attribute prefix (what
+        :func:`read_checkpoint` reports in ``Checkpoint.ema_by_prefix``): only such a prefix
+        may match.
+    source : str
+        Names the checkpoint in error messages.
 
     Returns
     -------
@@ -312,17 +346,30 @@ def match_state_dict(
     """
     expected = model.state_dict()
     target = set(expected)
-    candidates: list[tuple[str, dict[str, torch.Tensor]]] = []
+    candidates: list[tuple[str, dict[str, torch.Tensor]]] = [("", dict(state_dict))]
     base, removed = _strip_wrappers(state_dict)
-    candidates.append((removed, base))
+    if removed:
+        candidates.append((removed, base))
     for first in sorted({k.split(".", 1)[0] for k in base if "." in k}):
         sub = {k[len(first) + 1 :]: v for k, v in base.items() if k.startswith(first + ".")}
-        sub, inner = _strip_wrappers(sub)
+        sub, inner = _strip_wrappers(_drop_bookkeeping(sub))
         candidates.append((f"{removed}{first}.{inner}", sub))
     exact = [(pre, sd) for pre, sd in candidates if set(sd) == target]
+
+    def ema_prefix(pre: str) -> bool:
+        return any(_is_ema_name(part) for part in pre.split(".") if part)
+
+    if ema_by_prefix:
+        exact = [(pre, sd) for pre, sd in exact if ema_prefix(pre)]
+        if not exact:
+            names = sorted({pre for pre, _ in candidates if ema_prefix(pre)})
+            raise ValueError(
+                f"{source}: --weights ema, but no EMA prefix ({', '.join(names) or 'none'}) "
+                "holds weights matching the model"
+            )
     if len(exact) > 1:
         want_ema = weights == "ema"
-        preferred = [(pre, sd) for pre, sd in exact if ("ema" in pre) == want_ema]
+        preferred = [(pre, sd) for pre, sd in exact if ema_prefix(pre) == want_ema]
         if len(preferred) == 1:
             exact = preferred
     if len(exact) > 1:
@@ -361,10 +408,13 @@ def load_into(
     state_dict: Mapping[str, torch.Tensor],
     *,
     weights: str = "model",
+    ema_by_prefix: bool = False,
     source: str = "checkpoint",
 ) -> str:
     """Load ``state_dict`` into ``model`` after :func:`match_state_dict`; return the prefix."""
-    sd, prefix = match_state_dict(model, state_dict, weights=weights, source=source)
+    sd, prefix = match_state_dict(
+        model, state_dict, weights=weights, ema_by_prefix=ema_by_prefix, source=source
+    )
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as err:

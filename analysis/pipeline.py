@@ -349,7 +349,13 @@ def _analyze_run(
         epoch, step = parse_position(f.name)
         epoch = ck.epoch if ck.epoch is not None else epoch
         step = ck.step if ck.step is not None else step
-        prefix = load_into(model, ck.state_dict, weights=run.weights, source=str(f))
+        prefix = load_into(
+            model,
+            ck.state_dict,
+            weights=run.weights,
+            ema_by_prefix=ck.ema_by_prefix,
+            source=str(f),
+        )
         result = analyze_model(
             model,
             loaders,
