@@ -174,6 +174,12 @@ class ResultsStore:
         self.path = self.out / DB_NAME
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"no results database: {self.path}")
+        if create and not self.path.exists():
+            # create the file ourselves: sqlite would use 0644 & ~umask, not the umask alone
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            except FileExistsError:  # another process was first
+                pass
         try:
             self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
         except sqlite3.Error as err:
