@@ -48,10 +48,10 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print(m.ljust(width) + "".join(cells))
 
 
-def _print_omitted(out: str) -> None:
+def _print_omitted(out: str, runs: list[str]) -> None:
     from analysis.pipeline import omitted_summary
 
-    for run, metric, reason, n in omitted_summary(out):
+    for run, metric, reason, n in omitted_summary(out, runs):
         print(f"omitted {metric} for run {run} ({n} checkpoint{'s' * (n != 1)}): {reason}")
 
 
@@ -92,7 +92,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
             for k, v in metrics.items()
         ]
     )
-    _print_omitted(args.out)
+    _print_omitted(args.out, [args.run or name])
     _print_written(args.out)
     return 0
 
@@ -172,7 +172,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if rows:
         print(f"\n{last} / {rows[-1]['checkpoint']}:")
         _print_table([r for r in rows if r["checkpoint"] == rows[-1]["checkpoint"]])
-    _print_omitted(args.out)
+    _print_omitted(args.out, [o.name for o in outcomes])
     _print_written(args.out)
     return 0
 
@@ -250,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, out: str) -> None:
         p.add_argument("--out", default=out, help=f"output folder (default: {out})")
-        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        p.add_argument(
+            "--no-progress",
+            action="store_true",
+            help="hide progress bars (always hidden when stderr is not a terminal)",
+        )
 
     p = sub.add_parser(
         "demo",
@@ -385,19 +389,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geomtools`` console script.
 
-    Known errors become one line on stderr and exit status 2; Ctrl-C becomes one line and 130.
+    Known errors become one line on stderr and exit status 2; Ctrl-C (also while torch is
+    still loading) becomes one line and 130.
     """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("geomtools: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from analysis.pipeline import Interrupted
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "no_progress") and not sys.stderr.isatty():
+        args.no_progress = True  # no progress bars in log files
     try:
         return int(args.func(args))
     except Interrupted as err:
         print(f"geomtools: {err}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("geomtools: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, KeyError, OSError, sqlite3.Error) as err:
         text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

@@ -270,6 +270,14 @@ def analyze_runs(
         except KeyboardInterrupt:
             stored = sum(len(o.computed) + len(o.reused) for o in outcomes)
             raise Interrupted(stored, total) from None
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            stored = sum(len(o.computed) + len(o.reused) for o in outcomes)
+            if stored == 0:
+                raise
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise type(err)(
+                f"{first} ({stored} of {total} checkpoints stored; rerun resumes)"
+            ) from err
         finally:
             if store is not None:
                 store.close()
@@ -344,7 +352,7 @@ def _analyze_run(
         dist.broadcast_object_list(box, src=0)
         plan = box[0]
     bar = tqdm(plan, desc=f"{run.name}: checkpoints", disable=not opts.progress or not plan)
-    for name, f, sha in bar:
+    for name, f, sha in _closing(bar):
         ck = read_checkpoint(f, weights=run.weights, trust=opts.trust)
         epoch, step = parse_position(f.name)
         epoch = ck.epoch if ck.epoch is not None else epoch
@@ -378,6 +386,14 @@ def _analyze_run(
         outcome.computed.append(name)
     if lazy is not None and lazy.store is not None:
         outcome.removed = lazy.store.prune_run(run.name, names)
+
+
+def _closing(bar: Any) -> Iterator[Any]:
+    """Iterate a tqdm bar and close it however the loop ends (no stale bar above an error)."""
+    try:
+        yield from bar
+    finally:
+        bar.close()
 
 
 def _store(
@@ -452,9 +468,10 @@ def feature_file_result(
 ) -> ExtractResult:
     """Every collapse and spectrum metric of every split of a feature file.
 
-    NC4 (``ncc_mismatch``) compares ``argmax_c w_cᵀx + b_c`` with the nearest class mean of
-    the ``train`` split when there is one (Papyan et al. 2020), else of the split itself;
-    without a classifier it is omitted (listed in ``result.omitted``).
+    With a classifier (``weight``, ``bias``), ``accuracy`` is that of ``argmax_c w_cᵀx + b_c``
+    and NC4 (``ncc_mismatch``) compares it with the nearest class mean of the ``train`` split
+    when there is one (Papyan et al. 2020), else of the split itself; without a classifier
+    both are omitted (listed in ``result.omitted``).
     """
     if batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
@@ -473,12 +490,21 @@ def feature_file_result(
             )
         if data.weight is not None:
             ncc = NCCMismatch(result.stats.get("train", stats), data.weight, data.bias)
-            x = data.splits[name][0]
+            x, y = data.splits[name]
+            w = torch.as_tensor(data.weight, dtype=torch.float64)
+            b = torch.zeros(w.shape[0], dtype=torch.float64)
+            if data.bias is not None:
+                b = torch.as_tensor(data.bias, dtype=torch.float64)
+            correct = 0
             for i in range(0, int(x.shape[0]), batch_size):
-                ncc.update(x[i : i + batch_size])
+                xb = x[i : i + batch_size].to(torch.float64)
+                ncc.update(xb)
+                correct += int((torch.addmm(b, xb, w.T).argmax(1) == y[i : i + batch_size]).sum())
+            metrics["accuracy"] = correct / int(x.shape[0])
             metrics["ncc_mismatch"] = ncc.compute()
         else:
-            omitted["ncc_mismatch"] = "the feature file has no classifier weight"
+            reason = "the feature file has no classifier weight"
+            omitted.update({"accuracy": reason, "ncc_mismatch": reason})
         result.metrics[name] = metrics
     return result
 
@@ -526,12 +552,19 @@ def analyze_feature_file(
     return result
 
 
-def omitted_summary(out: str | os.PathLike[str]) -> list[tuple[str, str, str, int]]:
-    """``(run, metric, reason, number of checkpoints)`` for every omitted metric in ``out``."""
+def omitted_summary(
+    out: str | os.PathLike[str], runs: Sequence[str] | None = None
+) -> list[tuple[str, str, str, int]]:
+    """``(run, metric, reason, number of checkpoints)`` for every omitted metric in ``out``.
+
+    ``runs`` restricts the summary to those runs.
+    """
     from analysis.store import open_existing
 
     groups: dict[tuple[str, str, str], set[str]] = {}
     with open_existing(out) as store:
         for o in store.omitted():
+            if runs is not None and o["run"] not in runs:
+                continue
             groups.setdefault((o["run"], o["metric"], o["reason"]), set()).add(o["checkpoint"])
     return [(run, metric, reason, len(c)) for (run, metric, reason), c in groups.items()]

@@ -174,10 +174,12 @@ class ResultsStore:
         self.path = self.out / DB_NAME
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"no results database: {self.path}")
+        self._created = False
         if create and not self.path.exists():
             # create the file ourselves: sqlite would use 0644 & ~umask, not the umask alone
             try:
                 os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                self._created = True
             except FileExistsError:  # another process was first
                 pass
         try:
@@ -210,6 +212,12 @@ class ResultsStore:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if app == 0 and tables == 0 and create:
+                if not self._created and (self.out / "report.json").is_file():
+                    raise ValueError(
+                        f"{self.path} is empty but {self.out / 'report.json'} holds results; "
+                        "restore the database or analyse into another folder (the report "
+                        "would otherwise be replaced)"
+                    )
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self.db.execute(statement)
@@ -452,7 +460,9 @@ class ResultsStore:
 
         Identical checkpoints (same bytes, options and metric values) are skipped; a run or
         checkpoint stored in both with different contents is an error unless ``replace``,
-        which keeps ``other``'s. All or nothing: one transaction.
+        which keeps ``other``'s: a run analysed with other settings is replaced as a whole (as
+        analysing it again would), a differing checkpoint of a run with the same settings is
+        replaced alone. All or nothing: one transaction.
 
         Returns
         -------
@@ -473,11 +483,15 @@ class ResultsStore:
             with self.transaction():
                 mine = self.runs()
                 for run, info in src_runs.items():
-                    if run in mine and mine[run]["spec"] != info["spec"] and not replace:
-                        raise ValueError(
-                            f"merge: run {run!r} was analysed with other settings in "
-                            f"{src.path} than in {self.path}; pass --replace to take {src.path}'s"
-                        )
+                    if run in mine and mine[run]["spec"] != info["spec"]:
+                        if not replace:
+                            raise ValueError(
+                                f"merge: run {run!r} was analysed with other settings in "
+                                f"{src.path} than in {self.path}; pass --replace to take "
+                                f"{src.path}'s"
+                            )
+                        # other settings: the source's run replaces this one entirely
+                        self.db.execute("DELETE FROM checkpoints WHERE run = ?", (run,))
                     self.db.execute(
                         "INSERT INTO runs(name, spec, attributes, updated) VALUES (?, ?, ?, ?) "
                         "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, "

@@ -51,6 +51,7 @@ def test_analyze_pt_file_matches_api(tmp_path):
     expected = collapse_metrics(test, w, b)
     expected.update(spectrum_metrics(test))
     expected["ncc_mismatch"] = ncc_mismatch(x[120:], w, b, train_stats=train)
+    expected["accuracy"] = float(((x[120:] @ w.T + b).argmax(1) == y[120:]).double().mean())
     got = {r["metric"]: r["value"] for r in summary["rows"] if r["split"] == "test"}
     assert {r["run"] for r in summary["rows"]} == {"feat"}
     assert set(got) == set(expected)

@@ -716,3 +716,40 @@ def test_bad_device_and_batch_size(
     _one_error_line(capsys, needle)
     assert not out.exists()
     assert _tree(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------- found by a user
+def test_emptied_database_beside_a_report_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = _run(tmp_path, "runA", 1), _run(tmp_path, "runB", 1, offset=5)
+    out = tmp_path / "out"
+    assert _analyze(out, a) == 0
+    (out / DB_NAME).write_bytes(b"")  # truncated by accident
+    before = _tree(out)
+    capsys.readouterr()
+    assert _analyze(out, b) == 2
+    _one_error_line(capsys, "is empty", "report.json")
+    assert _tree(out) == before
+
+
+def test_merge_replace_takes_a_run_with_other_settings_whole(tmp_path: Path) -> None:
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    assert _analyze(out1, _run(tmp_path / "x", "runA", 3)) == 0
+    other = _run(tmp_path / "y", "runA", 2, offset=7)
+    assert _analyze(out2, other, extra=("--num-classes", "3")) == 0
+    assert main(["merge", str(out2), "--out", str(out1), "--replace"]) == 0
+    assert _checkpoints(out1) == {"runA": ["epoch1", "epoch2"]}
+    assert _values(out1) == _values(out2)
+
+
+def test_error_after_stored_checkpoints_says_how_many(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = _run(tmp_path, "runA", 3)
+    (a / "epoch3.pt").write_bytes((a / "epoch3.pt").read_bytes()[:200])  # truncated
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert _analyze(out, a) == 2
+    _one_error_line(capsys, "epoch3.pt", "(2 of 3 checkpoints stored; rerun resumes)")
+    assert _checkpoints(out) == {"runA": ["epoch1", "epoch2"]}
