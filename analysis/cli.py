@@ -62,6 +62,21 @@ def _print_written(out: str) -> None:
     print(f"\nresults: {root / DB_NAME}\nreport:  {root / 'report.csv'}, {root / 'report.json'}")
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20})
+_UNITS.update({"g": 2**30, "t": 2**40})
+
+
+def _bytes(text: str) -> int:
+    """``"2GiB"`` → 2147483648; ``"500MB"`` → 500000000; a plain number is bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"--spill-budget {text!r}: expected a size such as 2GiB, 500MB or 0")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
 def _cmd_features(args: argparse.Namespace) -> int:
     from analysis.checkpoints import content_hash
     from analysis.io import digits_feature_file, load_feature_file
@@ -88,7 +103,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     _print_table(
         [
             {"split": s, "metric": k, "value": v}
-            for s, metrics in result.metrics.items()
+            for s, metrics in result.metrics[result.layer].items()
             for k, v in metrics.items()
         ]
     )
@@ -131,12 +146,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         linear_probe=args.linear_probe,
         recall_ks=tuple(args.recall),
         progress=not args.no_progress,
+        spill_budget=_bytes(args.spill_budget),
     )
     shared = {
         "model_kwargs": parse_kwargs(args.model_kwargs, "--model-kwargs"),
         "data_kwargs": parse_kwargs(args.data_kwargs, "--data-kwargs"),
-        "layer": args.layer,
+        "layers": args.layer,
+        "pool": args.pool,
         "weights": args.weights,
+        "hierarchy": args.hierarchy,
+        "classes": args.classes,
         "num_classes": args.num_classes,
     }
     if args.config is not None:
@@ -146,13 +165,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             args.config,
             model=args.model,
             data=args.data,
-            **{k: v for k, v in shared.items() if v not in (None, {})},
+            **{k: v for k, v in shared.items() if v not in (None, {}, [])},
         )
     else:
         if not args.checkpoints:
             raise ValueError("give checkpoint folders/files, or a --config manifest")
         if args.model is None or args.data is None:
             raise ValueError("--model and --data are required (or a --config manifest)")
+        shared["layers"] = shared["layers"] or []
+        shared["pool"] = shared["pool"] or "avg"
         runs = runs_from_paths(
             args.checkpoints, model=args.model, data=args.data, run=args.run, **shared
         )
@@ -290,7 +311,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-kwargs", help="JSON object of keyword arguments for --model")
     p.add_argument("--data-kwargs", help="JSON object of keyword arguments for --data")
-    p.add_argument("--layer", help="module whose input are the features (default: the classifier)")
+    p.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also analyse the input of this module, in the same pass (repeatable); the "
+        "classifier's input is always analysed",
+    )
+    p.add_argument(
+        "--pool",
+        choices=("avg", "max", "flatten"),
+        help="how feature maps [B, C, ...] become [B, D] (default: avg)",
+    )
+    p.add_argument(
+        "--hierarchy",
+        help="is-a file ('parent child' per line) whose leaves are the classes: adds mistake "
+        "severity, hierarchical distance@k, hP@k, ... to the report",
+    )
+    p.add_argument(
+        "--classes", help="class names, one per line in label order (leaves of --hierarchy)"
+    )
+    p.add_argument(
+        "--spill-budget",
+        default="2GiB",
+        help="temporary disk for the train split's NC4 in one pass, e.g. 2GiB, 500MB, 0 = "
+        "always a second pass (default: 2GiB)",
+    )
     p.add_argument("--num-classes", type=int, help="default: read from the classifier")
     p.add_argument("--run", help="run name (default: the checkpoints' folder name); one path only")
     p.add_argument(

@@ -1,44 +1,67 @@
 r"""The streaming pass: a model and its data loaders → float64 statistics and every metric.
 
-1. :func:`analysis.heads.find_head` picks the feature layer and a forward hook
-   (:class:`analysis.heads.FeatureCapture`) captures what it sees;
-2. :func:`extract_split_stats` streams every batch of every split through the model in eval
-   mode under ``torch.inference_mode`` (no autocast) and feeds the features straight into
-   float64 :class:`~analysis.stats.FeatureStats` — no ``N × D`` storage;
-3. NC4 (:class:`~analysis.collapse.NCCMismatch`, the one implementation) needs the train
-   class means first: the train split is streamed first, the other splits compare their
-   nearest train class mean with the network's decision in the same pass, and the train split
-   gets a second pass for its own NC4;
-4. :func:`analyze_model` turns the statistics into metrics.
+1. :func:`analysis.heads.find_head` picks the classifier-input layer, and every layer named
+   with ``layers`` is added; a forward hook per layer (:class:`analysis.heads.FeatureCapture`)
+   captures what each sees **in the same forward pass**;
+2. :func:`extract_split_stats` streams every batch of every split through the model once, in
+   eval mode under ``torch.inference_mode`` (no autocast): each layer's features (feature
+   maps ``[B, C, ...]`` pooled, :func:`pool_features`) go straight into its own float64
+   :class:`~analysis.stats.FeatureStats` — no ``N × D`` storage;
+3. NC4 (:class:`~analysis.collapse.NCCMismatch`, the one implementation) needs the final
+   train class means: the train split is streamed first, the other splits compare their
+   nearest train class mean with the network's decision in the same pass, and the train
+   split's own classifier-input features and decisions are kept in a temporary file-backed
+   :class:`~analysis.spill.Spill` under a byte budget and scored afterwards — one forward per
+   sample. Above the budget the train split gets a second pass (said in one log line);
+4. :func:`analyze_model` turns the statistics into metrics per layer and split.
 
 Batches are used exactly as the loader yields them: ``(inputs, labels, ...)`` tuples or dicts
 with ``input``/``x`` and ``label``/``y``. The network's decision is the ``argmax`` of its
 logits; for a linear, ETF or HAFrame head this is :math:`\arg\max_c (w_c^\top x + b_c)`.
 
+What belongs to which layer: accuracy, NC4, the metrics of the classifier rows (NC2/NC3 on
+weights) and the hierarchy metrics belong to the classifier-input layer; NC1, NC2 on means,
+CDNV, variability, spectra and the ETF distance are computed for every layer.
+
 Undefined metrics
 -----------------
 A metric that is undefined for a checkpoint is *omitted and listed*, never swallowed: the
-result's ``omitted[split][name]`` gives the reason (no classifier rows for a GCR head, a
-spectrum measure undefined at exact collapse, NC4 without a train split, ...), the results
+result's ``omitted[layer][split][name]`` gives the reason (no classifier rows for a GCR head,
+a spectrum measure undefined at exact collapse, NC4 without a train split, ...), the results
 database stores it and the command line prints it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from analysis.collapse import NCCMismatch, collapse_metrics
-from analysis.heads import FeatureCapture, classifier_of, find_head
+from analysis.heads import FeatureCapture, Head, classifier_of, find_head
 from analysis.spectrum import spectrum_metrics
+from analysis.spill import Spill
 from analysis.stats import FeatureStats
 
-__all__ = ["ExtractResult", "analyze_model", "extract_split_stats", "split_metrics"]
+__all__ = [
+    "DEFAULT_SPILL_BUDGET",
+    "MAX_FLATTEN_DIM",
+    "WEIGHT_METRICS",
+    "ExtractResult",
+    "analyze_model",
+    "extract_split_stats",
+    "pool_features",
+    "split_metrics",
+]
+
+Pool = Literal["avg", "max", "flatten"]
+DEFAULT_SPILL_BUDGET = 2 * 1024**3  # bytes: 2 GiB
+MAX_FLATTEN_DIM = 8192  # --pool flatten above this is refused (D² float64 statistics)
 
 # the keys of collapse_metrics that need classifier rows (omitted, with the reason, without);
 # tests/analysis/test_pipeline.py checks this against collapse_metrics itself
@@ -47,17 +70,74 @@ WEIGHT_METRICS = ("equinorm_weights", "equiangularity_weights", "etf_error_weigh
 
 @dataclass
 class ExtractResult:
-    """Per split: statistics, accuracy, NC4, metrics and omitted metrics; the classifier."""
+    """Statistics, metrics and omitted metrics per layer and split; the classifier.
+
+    ``layer`` is the classifier-input layer (accuracy, NC4, classifier rows, hierarchy
+    metrics); ``layers`` every analysed layer in model order. ``stats[layer][split]``,
+    ``metrics[layer][split][key]``, ``omitted[layer][split][key] = reason``;
+    ``accuracy``/``ncc_mismatch``/``hierarchy`` are per split (classifier layer).
+    """
 
     layer: str = ""
-    stats: dict[str, FeatureStats] = field(default_factory=dict)
+    layers: list[str] = field(default_factory=list)
+    stats: dict[str, dict[str, FeatureStats]] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)
     ncc_mismatch: dict[str, float] = field(default_factory=dict)
+    hierarchy: dict[str, dict[str, float]] = field(default_factory=dict)
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    omitted: dict[str, dict[str, str]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    omitted: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    second_pass: bool = False
+
+
+def pool_features(x: torch.Tensor, pool: Pool, layer: str) -> torch.Tensor:
+    """Features ``[B, D]`` from a layer's input: ``[B, D]`` as is, feature maps pooled.
+
+    ``[B, C, *spatial]``: ``avg`` (global average pooling, default) or ``max`` over the spatial
+    positions gives ``D = C``; ``flatten`` gives ``D = C·∏spatial`` and is refused above
+    :data:`MAX_FLATTEN_DIM` (the D×D float64 statistics would not fit), in one line.
+    """
+    if x.ndim == 2:
+        return x
+    if x.ndim < 2:
+        raise ValueError(
+            f"layer {layer!r}: input of shape {list(x.shape)} has no batch of features"
+        )
+    if pool == "avg":
+        return x.flatten(2).to(torch.float64).mean(2)
+    if pool == "max":
+        return x.flatten(2).amax(2)
+    if pool == "flatten":
+        dim = math.prod(x.shape[1:])
+        if dim > MAX_FLATTEN_DIM:
+            raise ValueError(
+                f"layer {layer!r}: --pool flatten gives {dim} features per sample (input "
+                f"{list(x.shape[1:])}), more than {MAX_FLATTEN_DIM}; use --pool avg or max"
+            )
+        return x.flatten(1)
+    raise ValueError(f"pool must be 'avg', 'max' or 'flatten', got {pool!r}")
+
+
+def _plan_layers(model: nn.Module, names: Sequence[str]) -> tuple[Head, list[Head]]:
+    """The classifier-input layer and every analysed layer, in ``named_modules`` order."""
+    try:
+        classifier: Head | None = find_head(model)
+    except ValueError:
+        if not names:
+            raise
+        classifier = None
+    heads: dict[str, Head] = {}
+    if classifier is not None:
+        heads[classifier.name] = classifier
+    for name in names:
+        h = find_head(model, name)
+        heads.setdefault(h.name, h)
+    if classifier is None:  # no classifier-like module: the first named layer plays its part
+        classifier = heads[names[0]]
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return classifier, sorted(heads.values(), key=lambda h: order.get(h.name, len(order)))
 
 
 def _batch_xy(batch: Any, where: str) -> tuple[Any, torch.Tensor]:
@@ -93,14 +173,19 @@ def extract_split_stats(
     loaders: Mapping[str, Iterable[Any]],
     num_classes: int,
     *,
-    layer: str | None = None,
+    layers: Sequence[str] = (),
+    pool: Pool = "avg",
     device: str | torch.device = "cpu",
     progress: bool = True,
     desc: str = "",
     reduce: Callable[[FeatureStats], Any] | None = None,
     keep_features: bool = False,
+    spill_budget: int = DEFAULT_SPILL_BUDGET,
+    distances: torch.Tensor | None = None,
+    hierarchy_ks: Sequence[int] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ExtractResult:
-    """Stream every split through ``model``; statistics, accuracy and NC4 per split.
+    """Stream every split through ``model`` once; statistics, accuracy, NC4 per split.
 
     Parameters
     ----------
@@ -110,73 +195,131 @@ def extract_split_stats(
         Used exactly as given. The ``"train"`` split (if any) gives the class means NC4 uses
         for every split.
     num_classes : int
-    layer : str, optional
-        Module whose input are the features (default: :func:`analysis.heads.find_head`).
+    layers : sequence of str
+        Modules whose inputs are analysed besides the classifier input (module docstring).
+    pool : {"avg", "max", "flatten"}
+        How feature maps ``[B, C, ...]`` become ``[B, D]`` (:func:`pool_features`).
     device : str or device
         Where the model runs; statistics are float64 on the same device.
     progress : bool
         tqdm bar per split (cleared when done).
     reduce : callable, optional
-        Called on each split's :class:`FeatureStats` after its pass (e.g.
-        ``FeatureStats.all_reduce`` under ``torchrun``); counts for accuracy/NC4 are reduced
-        with ``torch.distributed`` in that case too.
+        Called on each :class:`FeatureStats` after its pass (e.g. ``FeatureStats.all_reduce``
+        under ``torchrun``); counts for accuracy/NC4 and the hierarchy metrics are reduced with
+        ``torch.distributed`` in that case too.
     keep_features : bool
-        Also keep every split's features (float32, CPU) and labels in ``result.features`` —
-        ``N × D`` memory, only for what needs the samples themselves (probe, Recall@K).
+        Also keep every split's classifier-input features (float32, CPU) and labels in
+        ``result.features`` — ``N × D`` memory, only for the probe and Recall@K.
+    spill_budget : int
+        Bytes of temporary disk for the train split's NC4 (:class:`~analysis.spill.Spill`);
+        ``0`` always takes the second pass.
+    distances : Tensor ``[K, K]``, optional
+        Class LCA distances: a :class:`~analysis.hierarchy.HierarchicalMetrics` per split is
+        fed the logits in the same pass (``hierarchy_ks`` its ks).
+    log : callable, optional
+        Receives one-line notes (e.g. that the spill budget was exceeded).
     """
+    from analysis.hierarchy import HierarchicalMetrics
+
     dev = torch.device(device)
     model.eval().to(dev)
-    head = find_head(model, layer)
-    weight, bias, why = classifier_of(head, num_classes)
-    result = ExtractResult(layer=head.name, weight=weight, bias=bias)
+    classifier, heads = _plan_layers(model, layers)
+    weight, bias, why = classifier_of(classifier, num_classes)
+    result = ExtractResult(
+        layer=classifier.name, layers=[h.name for h in heads], weight=weight, bias=bias
+    )
     order = sorted(loaders, key=lambda s: s != "train")  # train first: its means serve NC4
-    with FeatureCapture(head) as capture, torch.inference_mode():
-        train_stats: FeatureStats | None = None
-        for split in order:
-            kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if keep_features else None
-            ncc = NCCMismatch(train_stats) if train_stats is not None else None
-            stats, correct, n = _pass(
-                model, capture, loaders[split], num_classes, dev, ncc, progress, desc, split, kept
-            )
-            if kept is not None:
-                result.features[split] = (
-                    torch.cat([f for f, _ in kept]),
-                    torch.cat([y for _, y in kept]),
+    captures = [FeatureCapture(h) for h in heads]
+    spill = Spill(spill_budget if "train" in loaders else 0)
+    try:
+        with torch.inference_mode():
+            train_stats: FeatureStats | None = None
+            for split in order:
+                kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if keep_features else None
+                ncc = NCCMismatch(train_stats) if train_stats is not None else None
+                hier = (
+                    HierarchicalMetrics(distances, hierarchy_ks, device=dev)
+                    if distances is not None
+                    else None
                 )
-            assert stats is not None
-            if reduce is not None:
-                reduce(stats)
-            mism = ncc.mismatches if ncc is not None else 0
-            correct, mism, n = _reduce_counts((correct, mism, n), dev, reduce)
-            result.stats[split] = stats
-            result.accuracy[split] = correct / n
-            if ncc is not None:
-                result.ncc_mismatch[split] = mism / n
-            if split == "train":
-                train_stats = stats
-        if train_stats is not None:
-            ncc = NCCMismatch(train_stats)
-            _, _, n = _pass(
-                model,
-                capture,
-                loaders["train"],
-                num_classes,
-                dev,
-                ncc,
-                progress,
-                desc,
-                "train (NC4)",
-                None,
-                collect=False,
-            )
-            _, mism, n = _reduce_counts((0, ncc.mismatches, n), dev, reduce)
-            result.ncc_mismatch["train"] = mism / n
-    for split in loaders:
-        omit = result.omitted.setdefault(split, {})
-        if weight is None:
-            omit.update(dict.fromkeys(WEIGHT_METRICS, why))
-        if split not in result.ncc_mismatch:
-            omit["ncc_mismatch"] = "no 'train' split to take the class means from"
+                stats, correct, n = _pass(
+                    model,
+                    captures,
+                    classifier.name,
+                    pool,
+                    loaders[split],
+                    num_classes,
+                    dev,
+                    ncc,
+                    spill if split == "train" else None,
+                    hier,
+                    progress,
+                    f"{desc}{split}",
+                    kept,
+                )
+                if kept is not None:
+                    result.features[split] = (
+                        torch.cat([f for f, _ in kept]),
+                        torch.cat([y for _, y in kept]),
+                    )
+                if reduce is not None:
+                    for st in stats.values():
+                        reduce(st)
+                mism = ncc.mismatches if ncc is not None else 0
+                correct, mism, n = _reduce_counts((correct, mism, n), dev, reduce)
+                for name, st in stats.items():
+                    result.stats.setdefault(name, {})[split] = st
+                result.accuracy[split] = correct / n
+                if ncc is not None:
+                    result.ncc_mismatch[split] = mism / n
+                if hier is not None:
+                    result.hierarchy[split] = _reduce_hierarchy(hier, reduce).compute()
+                if split == "train":
+                    train_stats = stats[classifier.name]
+            if train_stats is not None:
+                ncc = NCCMismatch(train_stats)
+                if spill.active:
+                    for feats, decisions in spill.chunks():
+                        ncc.update(feats, decisions)
+                    n = spill.rows
+                else:
+                    if spill.exceeded and log is not None:
+                        log(
+                            f"{desc}train: classifier features exceed the spill budget of "
+                            f"{spill_budget / 1024**3:.3g} GiB; NC4 on train takes a second pass"
+                        )
+                    result.second_pass = True
+                    train_captures = [c for c in captures if c.head.name == classifier.name]
+                    _, _, n = _pass(
+                        model,
+                        train_captures,
+                        classifier.name,
+                        pool,
+                        loaders["train"],
+                        num_classes,
+                        dev,
+                        ncc,
+                        None,
+                        None,
+                        progress,
+                        f"{desc}train (NC4)",
+                        None,
+                        collect=False,
+                    )
+                _, mism, n = _reduce_counts((0, ncc.mismatches, n), dev, reduce)
+                result.ncc_mismatch["train"] = mism / n
+    finally:
+        spill.close()
+        for c in captures:
+            c.close()
+    for name in result.layers:
+        for split in loaders:
+            omit = result.omitted.setdefault(name, {}).setdefault(split, {})
+            if name == classifier.name:
+                if weight is None:
+                    omit.update(dict.fromkeys(WEIGHT_METRICS, why))
+                if split not in result.ncc_mismatch:
+                    omit["ncc_mismatch"] = "no 'train' split to take the class means from"
     return result
 
 
@@ -192,30 +335,51 @@ def _reduce_counts(
     return int(t[0]), int(t[1]), int(t[2])
 
 
+def _reduce_hierarchy(hier: Any, reduce: Callable[..., Any] | None) -> Any:
+    """Sum the per-rank hierarchy accumulators (exact: their state is sums)."""
+    if reduce is None:
+        return hier
+    import torch.distributed as dist
+
+    from analysis.hierarchy import HierarchicalMetrics
+
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(
+        states, {k: v.cpu() if torch.is_tensor(v) else v for k, v in hier.state_dict().items()}
+    )
+    total = HierarchicalMetrics.from_state_dict(states[0])
+    for st in states[1:]:
+        total.merge(HierarchicalMetrics.from_state_dict(st))
+    return total
+
+
 def _pass(
     model: nn.Module,
-    capture: FeatureCapture,
+    captures: Sequence[FeatureCapture],
+    classifier: str,
+    pool: Pool,
     loader: Iterable[Any],
     num_classes: int,
     dev: torch.device,
     ncc: NCCMismatch | None,
+    spill: Spill | None,
+    hier: Any,
     progress: bool,
     desc: str,
-    split: str,
     keep: list[tuple[torch.Tensor, torch.Tensor]] | None,
     *,
     collect: bool = True,
-) -> tuple[FeatureStats | None, int, int]:
-    stats: FeatureStats | None = None
+) -> tuple[dict[str, FeatureStats], int, int]:
+    stats: dict[str, FeatureStats] = {}
     correct = n = 0
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    bar = tqdm(loader, desc=f"{desc}{split}", total=total, disable=not progress, leave=False)
+    bar = tqdm(loader, desc=desc, total=total, disable=not progress, leave=False)
     for i, batch in enumerate(bar):
-        where = f"split {split!r}, batch {i}"
+        where = f"{desc or 'split'}, batch {i}"
         x, y = _batch_xy(batch, where)
         y = y.to(dev)
         logits = model(_to(x, dev))
-        feats = capture.take()
+        feats = {c.head.name: pool_features(c.take(), pool, c.head.name) for c in captures}
         if (
             not isinstance(logits, torch.Tensor)
             or logits.ndim != 2
@@ -223,26 +387,36 @@ def _pass(
         ):
             got = logits.shape if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"{where}: model output must be logits [B, {num_classes}], got {got}")
-        if y.ndim != 1 or y.shape[0] != feats.shape[0]:
+        if y.ndim != 1 or y.shape[0] != logits.shape[0]:
             raise ValueError(
-                f"{where}: labels of shape {list(y.shape)} for {feats.shape[0]} samples"
+                f"{where}: labels of shape {list(y.shape)} for {logits.shape[0]} samples"
             )
         pred = logits.argmax(1)
+        h = feats[classifier]
         if collect:
-            if stats is None:
-                stats = FeatureStats(num_classes, int(feats.shape[1]), device=dev)
-            try:
-                stats.update(feats, y)
-            except (TypeError, ValueError) as err:
-                raise type(err)(f"{where}: {err}") from err
+            for name, f in feats.items():
+                if f.shape[0] != y.shape[0]:
+                    raise ValueError(
+                        f"{where}: layer {name!r} saw {f.shape[0]} samples, the labels {y.shape[0]}"
+                    )
+                if name not in stats:
+                    stats[name] = FeatureStats(num_classes, int(f.shape[1]), device=dev)
+                try:
+                    stats[name].update(f, y)
+                except (TypeError, ValueError) as err:
+                    raise type(err)(f"{where}, layer {name!r}: {err}") from err
             correct += int((pred == y).sum())
             if keep is not None:
-                keep.append((feats.detach().float().cpu(), y.cpu()))
+                keep.append((h.detach().float().cpu(), y.cpu()))
+            if spill is not None:
+                spill.add(h, pred)
+            if hier is not None:
+                hier.update(logits, y)
         if ncc is not None:
-            ncc.update(feats, pred)
+            ncc.update(h, pred)
         n += int(y.shape[0])
     if n == 0:
-        raise ValueError(f"split {split!r}: the data loader yielded no samples")
+        raise ValueError(f"{desc}: the data loader yielded no samples")
     return stats, correct, n
 
 
@@ -270,7 +444,8 @@ def analyze_model(
     loaders: Mapping[str, Iterable[Any]],
     num_classes: int,
     *,
-    layer: str | None = None,
+    layers: Sequence[str] = (),
+    pool: Pool = "avg",
     device: str | torch.device = "cpu",
     progress: bool = True,
     similarity: torch.Tensor | None = None,
@@ -278,16 +453,24 @@ def analyze_model(
     reduce: Callable[[FeatureStats], Any] | None = None,
     linear_probe: bool = False,
     recall_ks: Sequence[int] = (),
+    spill_budget: int = DEFAULT_SPILL_BUDGET,
+    distances: torch.Tensor | None = None,
+    hierarchy_ks: Sequence[int] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ExtractResult:
-    """Every metric of every split: collapse, spectrum, variability, accuracy, NC4.
+    """Every metric of every layer and split: collapse, spectrum, variability, accuracy, NC4.
 
-    Keys per split (``result.metrics[split]``): those of
-    :func:`~analysis.collapse.collapse_metrics` (with the head's classifier rows when it has
-    them, and ``frame_distance`` when ``similarity`` — a target frame's Gram matrix — is
-    given), :func:`~analysis.spectrum.spectrum_metrics`, ``accuracy`` and ``ncc_mismatch``.
-    What is undefined is in ``result.omitted[split]`` with the reason (module docstring).
+    ``result.metrics[layer][split]``: for every layer the keys of
+    :func:`~analysis.collapse.collapse_metrics` on its features (``frame_distance`` when
+    ``similarity`` — a target frame's Gram matrix — is given) and
+    :func:`~analysis.spectrum.spectrum_metrics`; the classifier-input layer also gets the
+    metrics of the head's classifier rows when it has them, ``accuracy``, ``ncc_mismatch``
+    and, with ``distances``, the keys of :class:`~analysis.hierarchy.HierarchicalMetrics`
+    (``top1_error``, ``mistake_severity``, ``hdist@k_mean``, ``hprec@k``, ...). What is
+    undefined is in ``result.omitted[layer][split]`` with the reason (module docstring).
+    ``layers``, ``pool``, ``spill_budget``, ``log``: as in :func:`extract_split_stats`.
 
-    With ``linear_probe=True`` the features are kept (``N × D``) and
+    With ``linear_probe=True`` the classifier-input features are kept (``N × D``) and
     :func:`analysis.report.linear_probe` (C chosen on a held-out part of ``train``) adds
     ``linear_probe_accuracy`` and ``linear_probe_c`` to every non-train split; it needs a
     ``train`` split and a single process.
@@ -304,29 +487,51 @@ def analyze_model(
         model,
         loaders,
         num_classes,
-        layer=layer,
+        layers=layers,
+        pool=pool,
         device=device,
         progress=progress,
         desc=desc,
         reduce=reduce,
         keep_features=linear_probe or bool(recall_ks),
+        spill_budget=spill_budget,
+        distances=distances,
+        hierarchy_ks=hierarchy_ks,
+        log=log,
     )
-    for split, stats in result.stats.items():
-        m = split_metrics(stats, result.weight, result.bias, similarity, result.omitted[split])
-        m["accuracy"] = result.accuracy[split]
-        if split in result.ncc_mismatch:
-            m["ncc_mismatch"] = result.ncc_mismatch[split]
-        if linear_probe and split != "train":
-            from analysis.report import linear_probe as probe
+    for layer in result.layers:
+        is_classifier = layer == result.layer
+        weight = result.weight if is_classifier else None
+        bias = result.bias if is_classifier else None
+        per_split = result.metrics.setdefault(layer, {})
+        for split, stats in result.stats[layer].items():
+            omitted = result.omitted[layer][split]
+            m = split_metrics(stats, weight, bias, similarity, omitted)
+            if is_classifier:
+                m["accuracy"] = result.accuracy[split]
+                if split in result.ncc_mismatch:
+                    m["ncc_mismatch"] = result.ncc_mismatch[split]
+                if split in result.hierarchy:
+                    _hierarchy_rows(result.hierarchy[split], m, omitted)
+                if linear_probe and split != "train":
+                    from analysis.report import linear_probe as probe
 
-            (x_tr, y_tr), (x_te, y_te) = result.features["train"], result.features[split]
-            m.update(probe((x_tr.numpy(), y_tr.numpy()), (x_te.numpy(), y_te.numpy())))
-        if recall_ks:
-            from analysis.retrieval import recall_at_k
+                    (x_tr, y_tr), (x_te, y_te) = result.features["train"], result.features[split]
+                    m.update(probe((x_tr.numpy(), y_tr.numpy()), (x_te.numpy(), y_te.numpy())))
+                if recall_ks:
+                    from analysis.retrieval import recall_at_k
 
-            feats, labels = result.features[split]
-            for kk, r in recall_at_k(feats, labels, tuple(recall_ks)).items():
-                m[f"recall@{kk}"] = r
-        result.metrics[split] = m
+                    feats, labels = result.features[split]
+                    for kk, r in recall_at_k(feats, labels, tuple(recall_ks)).items():
+                        m[f"recall@{kk}"] = r
+            per_split[split] = m
     result.features.clear()  # N x D: not kept beyond the probe
     return result
+
+
+def _hierarchy_rows(
+    values: Mapping[str, float], m: dict[str, float], omitted: dict[str, str]
+) -> None:
+    m.update({k: float(v) for k, v in values.items() if k != "num_samples"})
+    if "mistake_severity" not in values:
+        omitted["mistake_severity"] = "no mistakes: the severity of a mistake is undefined"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +38,13 @@ from tqdm.auto import tqdm
 
 from analysis.checkpoints import content_hash, load_into, parse_position, read_checkpoint
 from analysis.collapse import NCCMismatch
-from analysis.extract import WEIGHT_METRICS, ExtractResult, analyze_model, split_metrics
+from analysis.extract import (
+    DEFAULT_SPILL_BUDGET,
+    WEIGHT_METRICS,
+    ExtractResult,
+    analyze_model,
+    split_metrics,
+)
 from analysis.heads import find_head, num_classes_of
 from analysis.io import FeatureFile
 from analysis.runs import RunSpec
@@ -50,6 +57,7 @@ __all__ = [
     "analyze_feature_file",
     "analyze_runs",
     "check_device",
+    "class_distances",
     "feature_file_result",
     "make_loaders",
     "omitted_summary",
@@ -69,8 +77,9 @@ class AnalyzeOptions:
     """Options of :func:`analyze_runs` that are the same for every run.
 
     ``linear_probe`` and ``recall_ks`` change the metrics and are part of the resume key;
-    ``device``, ``batch_size`` (for ``Dataset`` s) and ``progress`` change them only at
-    round-off and are not.
+    ``device``, ``batch_size`` (for ``Dataset`` s), ``progress`` and ``spill_budget`` (bytes
+    of temporary disk for the train split's NC4, :class:`~analysis.spill.Spill`; ``0`` = a
+    second pass instead) change them only at round-off or not at all, and are not.
     """
 
     device: str = "cpu"
@@ -80,8 +89,11 @@ class AnalyzeOptions:
     linear_probe: bool = False
     recall_ks: tuple[int, ...] = ()
     progress: bool = True
+    spill_budget: int = DEFAULT_SPILL_BUDGET
 
     def __post_init__(self) -> None:
+        if not isinstance(self.spill_budget, int) or self.spill_budget < 0:
+            raise ValueError(f"--spill-budget must be ≥ 0 bytes, got {self.spill_budget}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"--batch-size must be a positive integer, got {self.batch_size}")
         if any(int(k) < 1 for k in self.recall_ks):
@@ -192,6 +204,49 @@ def _check_even(dataset: Any, world: int, where: str) -> None:
             f"{where}: {n} samples do not shard evenly over {world} ranks "
             "(DistributedSampler would repeat or drop samples and bias the statistics)"
         )
+
+
+def _log(text: str) -> None:
+    print(f"geomtools: {text}", file=sys.stderr)
+
+
+def class_distances(
+    hierarchy: str | os.PathLike[str] | None,
+    classes: str | os.PathLike[str] | None,
+    num_classes: int,
+) -> torch.Tensor | None:
+    """LCA distances ``[K, K]`` in label order from an is-a file (``None`` without one).
+
+    The leaves of ``hierarchy`` ('parent child' per line, as ``geomtools frame`` reads) are the
+    class indices written as integers ``0 … K−1``, or the names of ``classes`` (one name per
+    line, in label order). Leaves that are no class are dropped with their branches
+    (:meth:`geomtools.frames.Hierarchy.restrict`); a class that is no leaf is an error.
+
+    Raises
+    ------
+    ValueError
+        A class missing from the tree, a class file of the wrong length.
+    """
+    if hierarchy is None:
+        return None
+    from geomtools.frames import Hierarchy
+
+    if classes is not None:
+        names = [line.strip() for line in Path(classes).read_text(encoding="utf-8").splitlines()]
+        names = [n for n in names if n]
+        if len(names) != num_classes:
+            raise ValueError(
+                f"{classes}: {len(names)} class names for a model with {num_classes} classes"
+            )
+    else:
+        names = [str(c) for c in range(num_classes)]
+    tree = Hierarchy.from_isa_file(hierarchy)
+    try:
+        tree = tree.restrict(names)
+    except ValueError as err:
+        hint = "" if classes is not None else " (leaves are class indices 0..K-1, or use --classes)"
+        raise ValueError(f"{hierarchy}: {err}{hint}") from err
+    return tree.lca_distances()
 
 
 def _checkpoint_names(run: RunSpec) -> list[str]:
@@ -323,7 +378,9 @@ def _analyze_run(
             f"run {run.name!r}: the model factory returned {type(model).__name__}, not an nn.Module"
         )
     num_classes = run.num_classes or num_classes_of(model)
-    find_head(model, run.layer)  # an unknown --layer fails before any work
+    for layer in run.layers:
+        find_head(model, layer)  # an unknown --layer fails before any work
+    distances = class_distances(run.hierarchy, run.classes, num_classes)
     loaders = make_loaders(run.build_data(), opts.batch_size, world, rank)
     options = {
         "linear_probe": opts.linear_probe,
@@ -368,7 +425,8 @@ def _analyze_run(
             model,
             loaders,
             num_classes,
-            layer=run.layer,
+            layers=run.layers,
+            pool=run.pool,  # type: ignore[arg-type]
             device=opts.device,
             progress=opts.progress,
             similarity=run.similarity,
@@ -376,6 +434,9 @@ def _analyze_run(
             reduce=(lambda st: st.all_reduce()) if world > 1 else None,
             linear_probe=opts.linear_probe,
             recall_ks=opts.recall_ks,
+            spill_budget=opts.spill_budget,
+            distances=distances,
+            log=_log if rank == 0 else None,
         )
         if lazy is not None:
             store = lazy.get()
@@ -409,13 +470,16 @@ def _store(
     result: ExtractResult,
     similarity: Any,
 ) -> None:
-    tensors: dict[tuple[str, str], Any] = {
-        (split, "feature_stats"): st.state_dict() for split, st in result.stats.items()
+    tensors: dict[tuple[str, str, str], Any] = {
+        (split, layer, "feature_stats"): st.state_dict()
+        for layer, per_split in result.stats.items()
+        for split, st in per_split.items()
     }
     if result.weight is not None:
-        tensors[("", "weight")] = result.weight
+        tensors[("", result.layer, "weight")] = result.weight
     if similarity is not None:
-        tensors[("", "similarity")] = torch.as_tensor(similarity).detach().double().cpu()
+        sim = torch.as_tensor(similarity).detach().double().cpu()
+        tensors[("", result.layer, "similarity")] = sim
     store.store_checkpoint(
         run,
         name,
@@ -425,7 +489,6 @@ def _store(
         epoch=epoch,
         step=step,
         layout=layout,
-        layer=result.layer,
         metrics=result.metrics,
         omitted=result.omitted,
         tensors=tensors,
@@ -476,20 +539,24 @@ def feature_file_result(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
     dev = check_device(device)
-    result = ExtractResult(layer="features", weight=data.weight, bias=data.bias)
-    for name, (x, y) in data.splits.items():
-        result.stats[name] = _accumulate(
+    layer = "features"
+    result = ExtractResult(layer=layer, layers=[layer], weight=data.weight, bias=data.bias)
+    result.stats[layer] = {
+        name: _accumulate(
             x, y, data.num_classes, batch_size=batch_size, device=dev, desc=name, progress=progress
         )
-    for name, stats in result.stats.items():
-        omitted = result.omitted.setdefault(name, {})
+        for name, (x, y) in data.splits.items()
+    }
+    per_split = result.metrics.setdefault(layer, {})
+    for name, stats in result.stats[layer].items():
+        omitted = result.omitted.setdefault(layer, {}).setdefault(name, {})
         metrics = split_metrics(stats, data.weight, data.bias, None, omitted)
         if data.weight is None:
             omitted.update(
                 dict.fromkeys(WEIGHT_METRICS, "the feature file has no classifier weight")
             )
         if data.weight is not None:
-            ncc = NCCMismatch(result.stats.get("train", stats), data.weight, data.bias)
+            ncc = NCCMismatch(result.stats[layer].get("train", stats), data.weight, data.bias)
             x, y = data.splits[name]
             w = torch.as_tensor(data.weight, dtype=torch.float64)
             b = torch.zeros(w.shape[0], dtype=torch.float64)
@@ -505,7 +572,7 @@ def feature_file_result(
         else:
             reason = "the feature file has no classifier weight"
             omitted.update({"accuracy": reason, "ncc_mismatch": reason})
-        result.metrics[name] = metrics
+        per_split[name] = metrics
     return result
 
 

@@ -1057,7 +1057,16 @@ def render_report(
             if not checkpoints:
                 continue
             tensors = store.tensors(run, checkpoints[-1]["name"])
-            states = {s: t for (s, _, n), t in tensors.items() if n == "feature_stats"}
+            # the classifier-input layer: the layer of the run's accuracy rows
+            layer = next(
+                (r["layer"] for r in rep.rows if r["run"] == run and r["metric"] == "accuracy"),
+                None,
+            )
+            states = {
+                s: t
+                for (s, la, n), t in tensors.items()
+                if n == "feature_stats" and (layer is None or la == layer)
+            }
             if not states:
                 continue
             st = FeatureStats.from_state_dict(states.get("train", next(iter(states.values()))))

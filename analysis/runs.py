@@ -18,7 +18,8 @@ Manifest (``--config runs.toml``)::
     checkpoints = ["ck/linear/*.pt"]     # paths, folders or globs, relative to the manifest
     model = "mymodels:build"
     model_kwargs = { head = "linear" }
-    data = "mydata:splits"               # data_kwargs, layer, weights, num_classes optional
+    data = "mydata:splits"               # data_kwargs, layer (a name or a list), pool,
+                                         # weights, num_classes, hierarchy, classes optional
 
 Keys of a ``[[run]]`` table that are not listed above are an error (a typo is never ignored).
 """
@@ -56,8 +57,11 @@ _MANIFEST_KEYS = {
     "data",
     "data_kwargs",
     "layer",
+    "pool",
     "weights",
     "num_classes",
+    "hierarchy",
+    "classes",
 }
 
 
@@ -91,18 +95,35 @@ class RunSpec:
     data: str | Callable[..., Any]
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_kwargs: dict[str, Any] = field(default_factory=dict)
-    layer: str | None = None
+    layers: list[str] = field(default_factory=list)
+    pool: str = "avg"
     weights: str = "model"
     num_classes: int | None = None
     model_label: str | None = None
     data_label: str | None = None
     similarity: Any = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    hierarchy: Path | None = None
+    classes: Path | None = None
 
     def __post_init__(self) -> None:
         validate_run_name(self.name)
         if self.weights not in ("model", "ema"):
             raise ValueError(f"run {self.name!r}: weights must be 'model' or 'ema'")
+        if self.pool not in ("avg", "max", "flatten"):
+            raise ValueError(f"run {self.name!r}: pool must be 'avg', 'max' or 'flatten'")
+        if isinstance(self.layers, str):
+            self.layers = [self.layers]
+        if not all(isinstance(la, str) and la for la in self.layers):
+            raise ValueError(f"run {self.name!r}: layer must be a module name or a list of them")
+        if self.classes is not None and self.hierarchy is None:
+            raise ValueError(f"run {self.name!r}: a class-name file needs a hierarchy")
+        for what in ("hierarchy", "classes"):
+            value = getattr(self, what)
+            if value is not None:
+                setattr(self, what, Path(value))
+                if not Path(value).is_file():
+                    raise FileNotFoundError(f"run {self.name!r}: {what} file not found: {value}")
         if self.num_classes is not None and (
             not isinstance(self.num_classes, int) or self.num_classes < 1
         ):
@@ -115,9 +136,12 @@ class RunSpec:
             "model_kwargs": self.model_kwargs,
             "data": self.data_label or _label(self.data),
             "data_kwargs": self.data_kwargs,
-            "layer": self.layer,
+            "layers": list(self.layers),
+            "pool": self.pool,
             "weights": self.weights,
             "num_classes": self.num_classes,
+            "hierarchy": _file_key(self.hierarchy),
+            "classes": _file_key(self.classes),
         }
 
     def build_model(self) -> Any:
@@ -127,6 +151,15 @@ class RunSpec:
     def build_data(self) -> Any:
         """Call the data factory with its keyword arguments."""
         return _call(self.data, self.data_kwargs, "--data")
+
+
+def _file_key(path: Path | None) -> str | None:
+    """``name@sha256-prefix`` of a side file: a changed hierarchy recomputes the run."""
+    if path is None:
+        return None
+    from analysis.checkpoints import content_hash
+
+    return f"{path.name}@{content_hash(path)[:16]}"
 
 
 def _label(obj: str | Callable[..., Any]) -> str:
@@ -317,5 +350,11 @@ def load_manifest(path: str | os.PathLike[str], **defaults: Any) -> list[RunSpec
         for key in ("model_kwargs", "data_kwargs"):
             if not isinstance(merged.get(key, {}), dict):
                 raise ValueError(f"{where}: {key!r} must be a table")
+        if "layer" in merged:
+            layer = merged.pop("layer")
+            merged["layers"] = [layer] if isinstance(layer, str) else layer
+        for key in ("hierarchy", "classes"):
+            if isinstance(table.get(key), str) and not os.path.isabs(table[key]):
+                merged[key] = p.parent / table[key]  # relative to the manifest, as checkpoints
         runs.append(RunSpec(name=str(name), checkpoints=list_checkpoints(files), **merged))
     return runs

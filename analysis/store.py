@@ -295,16 +295,17 @@ class ResultsStore:
         epoch: int | None,
         step: int | None,
         layout: str,
-        layer: str,
-        metrics: Mapping[str, Mapping[str, float]],
-        omitted: Mapping[str, Mapping[str, str]] | None = None,
-        tensors: Mapping[tuple[str, str], Any] | None = None,
+        metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
+        omitted: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
+        tensors: Mapping[tuple[str, str, str], Any] | None = None,
     ) -> None:
         """Replace one checkpoint's rows in one transaction.
 
-        ``metrics[split][metric]``; ``omitted[split][metric] = reason``;
-        ``tensors[(split, name)]`` any object ``torch.save`` writes with tensors and plain
-        containers only (split ``""`` for per-checkpoint tensors such as classifier rows).
+        ``metrics[layer][split][metric]``; ``omitted[layer][split][metric] = reason``;
+        ``tensors[(split, layer, name)]`` any object ``torch.save`` writes with tensors and
+        plain containers only (split ``""`` for per-checkpoint tensors such as classifier
+        rows). Rows are ordered split by split (in the order of the first layer), then layer,
+        then metric.
 
         Raises
         ------
@@ -313,11 +314,19 @@ class ResultsStore:
         """
         import math
 
-        for split, m in metrics.items():
-            bad = [k for k, v in m.items() if not math.isfinite(float(v))]
-            if bad:
-                raise ValueError(f"{run}/{checkpoint}/{split}: non-finite metric values {bad}")
-        blobs = [(s, n, _dumps(v)) for (s, n), v in (tensors or {}).items()]
+        rows: list[tuple[str, str, str, str, str, float, int]] = []
+        splits = list(dict.fromkeys(s for per_split in metrics.values() for s in per_split))
+        for split in splits:
+            for layer, per_split in metrics.items():
+                m = per_split.get(split, {})
+                bad = [k for k, v in m.items() if not math.isfinite(float(v))]
+                if bad:
+                    raise ValueError(
+                        f"{run}/{checkpoint}/{split}/{layer}: non-finite metric values {bad}"
+                    )
+                for metric, value in m.items():
+                    rows.append((run, checkpoint, split, layer, metric, float(value), len(rows)))
+        blobs = [(s, la, n, _dumps(v)) for (s, la, n), v in (tensors or {}).items()]
         with self.transaction():
             self.db.execute("DELETE FROM checkpoints WHERE run = ? AND name = ?", (run, checkpoint))
             self.db.execute(
@@ -325,24 +334,19 @@ class ResultsStore:
                 "analysed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run, checkpoint, path, sha256, key, epoch, step, layout, time.time()),
             )
-            seq = 0
-            rows = []
-            for split, m in metrics.items():
-                for metric, value in m.items():
-                    rows.append((run, checkpoint, split, layer, metric, float(value), seq))
-                    seq += 1
             self.db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             self.db.executemany(
                 "INSERT INTO omitted VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     (run, checkpoint, split, layer, metric, reason)
-                    for split, o in (omitted or {}).items()
+                    for layer, per_split in (omitted or {}).items()
+                    for split, o in per_split.items()
                     for metric, reason in o.items()
                 ],
             )
             self.db.executemany(
                 "INSERT INTO tensors VALUES (?, ?, ?, ?, ?, ?)",
-                [(run, checkpoint, s, layer, n, b) for s, n, b in blobs],
+                [(run, checkpoint, s, la, n, b) for s, la, n, b in blobs],
             )
 
     def prune_run(self, run: str, keep: Sequence[str]) -> int:

@@ -15,7 +15,7 @@ from analysis.stats import FeatureStats
 
 
 def analyze_features(data, **kw):
-    return feature_file_result(data, **kw).metrics
+    return feature_file_result(data, **kw).metrics["features"]
 
 
 def _data(seed: int = 0, n: int = 200, k: int = 4, d: int = 6):

@@ -193,9 +193,10 @@ def test_layer_option_and_frame_head():
     assert (w, b) == (None, None) and "GrassmannHead" in why
     loaders = {"train": [(torch.randn(12, 5), torch.arange(12) % 3)]}
     res = extract.analyze_model(gcr, loaders, 3, progress=False)
-    assert 0.0 <= res.metrics["train"]["ncc_mismatch"] <= 1.0
-    assert "self_duality" not in res.metrics["train"]
-    assert set(extract.WEIGHT_METRICS) <= set(res.omitted["train"])
+    assert res.layer == "1" and res.layers == ["1"]
+    assert 0.0 <= res.metrics["1"]["train"]["ncc_mismatch"] <= 1.0
+    assert "self_duality" not in res.metrics["1"]["train"]
+    assert set(extract.WEIGHT_METRICS) <= set(res.omitted["1"]["train"])
     with pytest.raises(ValueError, match="logits"):
         extract.analyze_model(nn.Linear(5, 4), loaders, 3, progress=False)
 
@@ -207,10 +208,12 @@ def test_parse_position_and_report_roundtrip(tmp_path):
     assert parse_position("final.pt") == (None, None)
     with ResultsStore(tmp_path) as store:
         store.upsert_run("a", {"model": "m"})
-        kw = dict(path="p", sha256="s", key="k", step=None, layout="", layer="fc")
-        store.store_checkpoint("a", "c1", epoch=1, metrics={"test": {"nc1": 0.5, "x": 2.0}}, **kw)
+        kw = dict(path="p", sha256="s", key="k", step=None, layout="")
+        m = {"fc": {"test": {"nc1": 0.5, "x": 2.0}}}
+        store.store_checkpoint("a", "c1", epoch=1, metrics=m, **kw)
         with pytest.raises(ValueError, match="non-finite"):
-            store.store_checkpoint("a", "c2", epoch=2, metrics={"test": {"nc1": math.nan}}, **kw)
+            bad = {"fc": {"test": {"nc1": math.nan}}}
+            store.store_checkpoint("a", "c2", epoch=2, metrics=bad, **kw)
         store.export()
         rows = store.rows()
     assert [r["metric"] for r in rows] == ["nc1", "x"] and rows[0]["epoch"] == 1

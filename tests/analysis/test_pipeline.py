@@ -130,17 +130,38 @@ def test_documented_frame_head_without_flags(tmp_path: Path) -> None:
         assert got[key] == pytest.approx(want[key], rel=1e-9), key
 
 
-def test_layer_is_honoured_by_every_step(tmp_path: Path) -> None:
-    _save(tmp_path / "r", n=1)
+def test_layer_adds_a_layer_in_the_same_pass(tmp_path: Path) -> None:
+    (ck,) = _save(tmp_path / "r", n=1)
     out = tmp_path / "res"
     argv = ["analyze", str(tmp_path / "r"), *SPEC, "--out", str(out), "--no-progress"]
-    assert main([*argv, "--layer", "body.1"]) == 0  # the Tanh: features [B, 8], K from fc
+    assert main([*argv, "--layer", "body.1"]) == 0  # the Tanh's input: features [B, 8]
     with ResultsStore(out) as store:
-        omitted = {(o["split"], o["metric"]): o["reason"] for o in store.omitted()}
+        omitted = {(o["layer"], o["split"], o["metric"]) for o in store.omitted()}
         rows = store.rows()
-    assert {r["layer"] for r in rows} == {"body.1"}
-    assert "not a classifier" in omitted[("test", "self_duality")]
-    assert "self_duality" not in {r["metric"] for r in rows}
+    by_layer: dict[str, set[str]] = {}
+    for r in rows:
+        by_layer.setdefault(r["layer"], set()).add(r["metric"])
+    assert set(by_layer) == {"body.1", "fc"}
+    # classifier metrics belong to the classifier-input layer only, and are not "omitted"
+    assert {"self_duality", "accuracy", "ncc_mismatch"} <= by_layer["fc"]
+    assert not {"self_duality", "accuracy", "ncc_mismatch"} & by_layer["body.1"]
+    assert not any(layer == "body.1" for layer, _, _ in omitted)
+    # each layer's NC1 equals a brute-force computation on features captured by hand
+    model = tiny_model.model()
+    model.load_state_dict(torch.load(ck, weights_only=True)["model"])
+    x, y = tiny_model.data()["test"].tensors
+    with torch.no_grad():
+        pre = model.body[0](x)
+        feats = {"body.1": pre, "fc": torch.tanh(pre)}
+    for layer, f in feats.items():
+        st = FeatureStats(3, 8)
+        st.update(f, y)
+        got = [
+            r["value"]
+            for r in rows
+            if (r["layer"], r["split"], r["metric"]) == (layer, "test", "nc1")
+        ]
+        assert got == [pytest.approx(collapse_metrics(st)["nc1"], rel=1e-9)]
     assert main([*argv, "--layer", "nope"]) == 2
 
 

@@ -464,8 +464,7 @@ def test_render_report_reads_the_results_database(tmp_path: Path) -> None:
                 epoch=r["epoch"],
                 step=r["step"],
                 layout="",
-                layer="fc",
-                metrics={r["split"]: {r["metric"]: r["value"]}},
+                metrics={"fc": {r["split"]: {r["metric"]: r["value"]}}},
             )
         store.export()
     paths = render_report(tmp_path / "report.json", tmp_path / "figs", formats=("png",))
