@@ -127,8 +127,7 @@ def classifier_of(
 class FeatureCapture:
     """Forward hook keeping the features a head sees during one forward pass.
 
-    Use as a context manager; :meth:`take` returns the features of the last forward,
-    flattened to ``[B, D]``.
+    Use as a context manager; :meth:`take` returns what the layer saw in the last forward.
     """
 
     def __init__(self, head: Head) -> None:
@@ -146,14 +145,18 @@ class FeatureCapture:
         self.value = out
 
     def take(self) -> torch.Tensor:
-        """Features of the last forward pass ``[B, D]`` (cleared afterwards)."""
+        """What the layer saw in the last forward pass, as it was (cleared afterwards).
+
+        ``[B, D]`` for a classifier; feature maps ``[B, C, ...]`` are pooled by the caller
+        (:func:`analysis.extract.pool_features`).
+        """
         if not isinstance(self.value, torch.Tensor):
             raise ValueError(
                 f"the feature layer {self.head.name!r} was not called with a tensor during the "
                 "forward pass"
             )
         v, self.value = self.value, None
-        return v.flatten(1)
+        return v
 
     def close(self) -> None:
         """Remove the hook."""

@@ -18,14 +18,15 @@ from tests.analysis import tiny_model
 SPEC = ["--model", "tests.analysis.tiny_model:model", "--data", "tests.analysis.tiny_model:data"]
 
 
-def _worker(rank: int, init_file: str, ckpts: str, out: str) -> None:
+def _worker(rank: int, init_file: str, ckpts: str, out: str, extra: list[str]) -> None:
     if sys.platform.startswith("linux"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ["WORLD_SIZE"], os.environ["RANK"] = "2", str(rank)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        rc = main(["analyze", ckpts, *SPEC, "--out", out, "--no-progress", "--batch-size", "7"])
+        argv = ["analyze", ckpts, *SPEC, *extra, "--out", out, "--no-progress"]
+        rc = main([*argv, "--batch-size", "7"])
         if rc != 0:
             raise SystemExit(rc)
     finally:
@@ -38,13 +39,21 @@ def test_two_process_report_equals_single_process(tmp_path: Path) -> None:
     for e in (1, 2):
         torch.manual_seed(e)
         torch.save({"model": tiny_model.model().state_dict(), "epoch": e}, ckpts / f"ep{e}.pt")
+    tree = tmp_path / "tree.txt"
+    tree.write_text("root a\nroot 2\na 0\na 1\n")
+    # a second layer and the hierarchy metrics: all of it reduced across ranks
+    extra = ["--layer", "body.1", "--hierarchy", str(tree)]
     single = tmp_path / "single"
-    assert main(["analyze", str(ckpts), *SPEC, "--out", str(single), "--no-progress"]) == 0
+    argv = ["analyze", str(ckpts), *SPEC, *extra, "--out", str(single), "--no-progress"]
+    assert main(argv) == 0
     multi = tmp_path / "multi"
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(ckpts), str(multi)), nprocs=2, join=True)
+    init = str(tmp_path / "init")
+    mp.spawn(_worker, args=(init, str(ckpts), str(multi), extra), nprocs=2, join=True)
     a, b = Report.read(single).rows, Report.read(multi).rows
-    assert [(r["checkpoint"], r["split"], r["metric"]) for r in a] == [
-        (r["checkpoint"], r["split"], r["metric"]) for r in b
+    assert {r["layer"] for r in a} == {"body.1", "fc"}
+    assert "mistake_severity" in {r["metric"] for r in a}
+    assert [(r["checkpoint"], r["split"], r["layer"], r["metric"]) for r in a] == [
+        (r["checkpoint"], r["split"], r["layer"], r["metric"]) for r in b
     ]
     for ra, rb in zip(a, b, strict=True):
         assert rb["value"] == pytest.approx(ra["value"], rel=1e-9, abs=1e-12), ra
