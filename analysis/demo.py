@@ -16,12 +16,15 @@ haframe    fixed HAFrame (γ = 2) from the hierarchy of a Ward linkage of the tr
 gcr-k1/2/4 :class:`geomtools.nn.GrassmannHead` with subspace dimension k = 1, 2, 4 (GCR)
 ========== ================================================================================
 
-Then every checkpoint is analysed by the same driver as ``geomtools analyze``
+Every checkpoint is analysed at three depths (the pixels, the hidden layer and the head's
+input, :data:`DEPTH_LAYERS`) with the hierarchy metrics of the HAFrame run's tree, by the
+same driver as ``geomtools analyze``
 (:func:`analysis.pipeline.analyze_runs`) into the results database, the tidy report is
 exported (``report.csv``/``report.json``) and the figures are rendered
 (:func:`analysis.plots.render_report`). Output layout under ``--out``::
 
     checkpoints/<run>/epoch001.pt ...   state_dicts ({"model", "epoch"})
+    hierarchy.txt                       the class tree ('parent child'), for hierarchy metrics
     results.sqlite                      every metric, per-checkpoint statistics (resume)
     report.csv, report.json             exports of the database
     figures/*.pdf, figures/*.png
@@ -45,6 +48,9 @@ __all__ = ["DigitsNet", "digits_data", "run_demo"]
 
 FEATURE_DIM = 32
 NUM_CLASSES = 10
+#: analysed besides the head's input: the pixels (input of the first Linear) and the hidden
+#: layer (input of the second), for the collapse-across-depth figure
+DEPTH_LAYERS = ("backbone.0", "backbone.3")
 
 
 def digits_data(*, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -217,9 +223,19 @@ def _run_demo(
     from analysis.store import DB_NAME, prepare_out
 
     t0 = time.perf_counter()
+    from analysis.io import atomic_write_text
+
     prepare_out(out)
     data = digits_data(seed=seed)
     runs = _runs(data)
+    # the class hierarchy of the HAFrame run, for every run's hierarchy metrics
+    tree, _ = _class_hierarchy(*data["train"])
+    hierarchy = out / "hierarchy.txt"
+    atomic_write_text(
+        hierarchy,
+        "# Ward linkage of the digits' training class means; leaves are class indices\n"
+        + "".join(f"{p} {c}\n" for p, c in tree.to_edges()),
+    )
     specs = []
     for name, spec in runs.items():
         ckpt_dir = out / "checkpoints" / name
@@ -251,6 +267,8 @@ def _run_demo(
                 similarity=spec.get("similarity"),
                 attributes=attributes,
                 num_classes=NUM_CLASSES,
+                layers=list(DEPTH_LAYERS),
+                hierarchy=hierarchy,
             )
         )
     options = AnalyzeOptions(progress=progress, force=force, recall_ks=(1, 2, 4, 8))

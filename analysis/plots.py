@@ -64,11 +64,14 @@ __all__ = [
     "OKABE_ITO",
     "accuracy_curves",
     "cosine_heatmap",
+    "depth_profile",
+    "hierarchical_distance_curves",
     "nc_trajectories",
     "recall_bars",
     "render_all",
     "render_report",
     "save_figure",
+    "severity_tradeoff",
     "spectra",
     "style",
     "variability_sweep",
@@ -894,6 +897,202 @@ def recall_bars(
     return fig, ax
 
 
+# ---------------------------------------------------------------------------- depth, hierarchy
+def _frame(rows: Iterable[Mapping[str, Any]], fn: str) -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(list(_check_rows(rows, fn)))
+    if "layer" not in frame:
+        raise ValueError(f"{fn}: rows need a 'layer' key")
+    return frame
+
+
+def depth_profile(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    run: str,
+    split: str = "test",
+    metrics: Sequence[str] = ("nc1", "cdnv"),
+    layers: Sequence[str] | None = None,
+) -> tuple[Figure, list[Axes]]:
+    """NC1 and CDNV against depth: one line per checkpoint, coloured by epoch.
+
+    Progressive collapse across layers (He & Su 2023 [3]_; Rangamani et al. 2023 [4]_): the
+    metrics of every analysed layer of one run on one split, layers on the x axis in model
+    order (``layers``, default: their order in ``rows``), a log y axis, one line per
+    checkpoint with a colour bar of the epoch (or step, or checkpoint index).
+
+    Raises
+    ------
+    ValueError
+        No rows of ``run``/``split`` with two or more layers for a metric.
+
+    References
+    ----------
+    .. [3] H. He, W. J. Su. A law of data separation in deep learning. PNAS 2023.
+    .. [4] A. Rangamani, M. Lindegaard, T. Galanti, T. Poggio. Feature learning in deep
+       classifiers through intermediate neural collapse. ICML 2023.
+    """
+    import seaborn as sns
+
+    fn = "depth_profile"
+    frame = _frame(rows, fn)
+    sel = frame[(frame["run"] == run) & (frame["split"] == split)]
+    order = list(layers) if layers is not None else list(dict.fromkeys(sel["layer"]))
+    sel = sel[sel["metric"].isin(metrics) & sel["layer"].isin(order)]
+    if sel.empty or sel["layer"].nunique() < 2:
+        raise ValueError(f"{fn}: run {run!r}, split {split!r} has no metric over 2+ layers")
+    x_key = _x_key(sel.to_dict("records"), "epoch")
+    if x_key == "checkpoint":
+        codes = {c: i for i, c in enumerate(dict.fromkeys(sel["checkpoint"]))}
+        sel = sel.assign(position=sel["checkpoint"].map(codes))
+        x_key = "position"
+    sel = sel.assign(depth=sel["layer"].map({name: i for i, name in enumerate(order)}))
+    present = [m for m in metrics if m in set(sel["metric"])]
+    lo, hi = float(sel[x_key].min()), float(sel[x_key].max())
+    norm = mpl.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+    with style():
+        fig, axes = _new_figure(len(present), extra_width=0.9)
+        for ax, metric in zip(axes, present, strict=True):
+            part = sel[sel["metric"] == metric].sort_values([x_key, "depth"])
+            sns.lineplot(
+                data=part,
+                x="depth",
+                y="value",
+                hue=x_key,
+                hue_norm=norm,
+                palette="viridis",
+                units="checkpoint",
+                estimator=None,
+                marker="o",
+                legend=False,
+                ax=ax,
+            )
+            ax.set_yscale("log")
+            ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+            ax.set_xlabel("layer (input of)")
+            ax.set_ylabel("")
+            ax.set_title(_METRIC_LABELS.get(metric, metric))
+        bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes)
+        bar.set_label("epoch" if x_key == "epoch" else x_key)
+        fig.suptitle(f"{run}: collapse across layers, {split} split")
+    return fig, axes
+
+
+def severity_tradeoff(
+    rows: Iterable[Mapping[str, Any]], *, split: str = "test"
+) -> tuple[Figure, Axes]:
+    """Mistake severity against top-1 error: one marker per run at its last checkpoint.
+
+    The trade-off plot of Liang & Davis (2023) for hierarchy-aware classifiers: lower and to
+    the left is better; each run is labelled with its name and the epoch shown.
+
+    Raises
+    ------
+    ValueError
+        No run with both ``top1_error`` and ``mistake_severity`` on ``split``.
+    """
+    import pandas as pd
+    import seaborn as sns
+
+    fn = "severity_tradeoff"
+    frame = _frame(rows, fn)
+    sel = frame[
+        (frame["split"] == split) & frame["metric"].isin(["top1_error", "mistake_severity"])
+    ]
+    points = []
+    for run, part in sel.groupby("run", sort=False):
+        last = part["checkpoint"].iloc[-1]
+        at = part[part["checkpoint"] == last].set_index("metric")
+        if {"top1_error", "mistake_severity"} <= set(at.index):
+            epoch = at["epoch"].iloc[0]
+            shown = f"epoch {int(epoch)}" if pd.notna(epoch) else str(last)
+            points.append(
+                {
+                    "run": run,
+                    "top1_error": float(at.loc["top1_error", "value"]),
+                    "mistake_severity": float(at.loc["mistake_severity", "value"]),
+                    "label": f"{run} ({shown})",
+                }
+            )
+    if not points:
+        raise ValueError(f"{fn}: no run has top1_error and mistake_severity on split {split!r}")
+    data = pd.DataFrame(points)
+    epochs = {p["label"].rsplit(" (", 1)[1] for p in points}
+    common = len(epochs) == 1  # one epoch for all: say it once, in the title
+    with style():
+        fig, (ax,) = _new_figure(1, extra_width=1.4)
+        sns.scatterplot(
+            data=data,
+            x="top1_error",
+            y="mistake_severity",
+            hue="run",
+            style="run",
+            s=50,
+            legend=False,
+            palette=list(OKABE_ITO)[: len(data)],
+            ax=ax,
+        )
+        for p in points:
+            text = p["run"] if common else p["label"]
+            ax.annotate(
+                text,
+                (p["top1_error"], p["mistake_severity"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+        ax.set_xlabel("top-1 error")
+        ax.set_ylabel("mistake severity\n(mean LCA height of mistakes)")
+        at = f"{next(iter(epochs))[:-1]}" if common else "last checkpoints"
+        ax.set_title(f"severity vs error ({split}, {at})")
+        ax.margins(x=0.15, y=0.1)
+    return fig, ax
+
+
+def hierarchical_distance_curves(
+    rows: Iterable[Mapping[str, Any]], *, split: str = "test"
+) -> tuple[Figure, Axes]:
+    """Average hierarchical distance of the top-k predictions against k, one line per run.
+
+    ``hdist@k_mean`` (Bertinetto et al. 2020) at each run's last checkpoint.
+
+    Raises
+    ------
+    ValueError
+        No ``hdist@k_mean`` rows on ``split``.
+    """
+    import seaborn as sns
+
+    fn = "hierarchical_distance_curves"
+    frame = _frame(rows, fn)
+    sel = frame[(frame["split"] == split) & frame["metric"].str.fullmatch(r"hdist@\d+_mean")]
+    if sel.empty:
+        raise ValueError(f"{fn}: no hdist@k_mean rows on split {split!r}")
+    last = sel.groupby("run", sort=False)["checkpoint"].transform("last")
+    sel = sel[sel["checkpoint"] == last]
+    sel = sel.assign(k=sel["metric"].str.extract(r"@(\d+)_", expand=False).astype(int))
+    with style():
+        fig, (ax,) = _new_figure(1, extra_width=1.0)
+        sns.lineplot(
+            data=sel,
+            x="k",
+            y="value",
+            hue="run",
+            marker="o",
+            palette=list(OKABE_ITO)[: sel["run"].nunique()],
+            ax=ax,
+        )
+        ks = sorted(sel["k"].unique())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        ax.set_xlabel("k (top-k predictions)")
+        ax.set_ylabel("mean LCA height to the label")
+        ax.set_title(f"hierarchical distance@k ({split}, last checkpoint)")
+    return fig, ax
+
+
 # ---------------------------------------------------------------------------- everything
 def render_all(
     rows: Iterable[Mapping[str, Any]],
@@ -921,7 +1120,15 @@ def render_all(
     * ``cosines_<run>.<fmt>`` — :func:`cosine_heatmap` of ``means_by_run[run]``, with
       ``targets_by_run[run]`` as target when given;
     * ``variability_sweep.<fmt>`` — :func:`variability_sweep` called with ``**sweep``;
-    * ``recall_bars.<fmt>`` — :func:`recall_bars` of ``recalls``.
+    * ``recall_bars.<fmt>`` — :func:`recall_bars` of ``recalls``;
+    * ``depth_<run>.<fmt>`` — :func:`depth_profile` for each run with rows of two or more
+      layers (test split, else the first);
+    * ``severity_tradeoff.<fmt>`` and ``hierarchical_distance.<fmt>`` —
+      :func:`severity_tradeoff` and :func:`hierarchical_distance_curves` when the rows hold
+      hierarchy metrics (test split, else the first).
+
+    With rows of several layers, the trajectory, accuracy and sweep figures use each run's
+    classifier-input layer (the layer of its ``accuracy`` rows).
 
     Parameters
     ----------
@@ -976,6 +1183,8 @@ def render_all(
     def emit(fig: Figure, name: str) -> None:
         written.extend(save_figure(fig, out / name, formats))
 
+    layered = all_rows
+    all_rows = _classifier_rows(all_rows)
     splits = sorted({str(r["split"]) for r in all_rows}, key=_split_key)
     for split in splits:
         present = {r["metric"] for r in all_rows if r["split"] == split}
@@ -998,7 +1207,36 @@ def render_all(
     if recalls is not None:
         fig, _ = recall_bars(recalls)
         emit(fig, "recall_bars")
+    for run in dict.fromkeys(str(r["run"]) for r in layered):
+        layers = {r.get("layer") for r in layered if r["run"] == run}
+        if len(layers) > 1:
+            split = "test" if any(r["split"] == "test" for r in layered) else splits[0]
+            fig, _ = depth_profile(layered, run=run, split=split)
+            emit(fig, f"depth_{_safe_name(run)}")
+    hier_split = "test" if "test" in splits else (splits[0] if splits else "")
+    if any(r["metric"] == "mistake_severity" and r["split"] == hier_split for r in all_rows):
+        fig, _ = severity_tradeoff(all_rows, split=hier_split)
+        emit(fig, "severity_tradeoff")
+    if any(str(r["metric"]).startswith("hdist@") and r["split"] == hier_split for r in all_rows):
+        fig, _ = hierarchical_distance_curves(all_rows, split=hier_split)
+        emit(fig, "hierarchical_distance")
     return written
+
+
+def _classifier_rows(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Each run's rows of its classifier-input layer (the layer of its ``accuracy`` rows).
+
+    Rows without a ``layer`` key, and runs with one layer, are kept whole.
+    """
+    keep: dict[str, Any] = {}
+    for r in rows:
+        if r["metric"] == "accuracy" and "layer" in r:
+            keep.setdefault(str(r["run"]), r["layer"])
+    return [
+        r
+        for r in rows
+        if "layer" not in r or str(r["run"]) not in keep or r["layer"] == keep[str(r["run"])]
+    ]
 
 
 def render_report(
@@ -1049,7 +1287,8 @@ def render_report(
     orders_by_run: dict[str, list[int]] = {}
     swept: dict[str, float] = {}
     with open_existing(report) as store:
-        rep = Report(rows=store.rows(), runs=store.runs())
+        all_rows = store.rows()
+        rep = Report(rows=_classifier_rows(all_rows), runs=store.runs())
         if not rep.rows:
             raise ValueError(f"{store.path}: no results to plot")
         for run, info in rep.runs.items():
@@ -1117,7 +1356,7 @@ def render_report(
             if r["split"] == split and r["checkpoint"] == last
         }
     return render_all(
-        rep.rows,
+        all_rows,
         out_dir=out_dir,
         recalls=recalls or None,
         spectra_by_run=spectra_by_run or None,

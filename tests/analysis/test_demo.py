@@ -37,6 +37,13 @@ def test_demo_writes_checkpoints_report_and_figures(demo_out: Path) -> None:
     assert "frame_distance" in {r["metric"] for r in rep.rows if r["run"] == "haframe"}
     assert 0.5 < rep.value("linear", "test", "recall@1") <= rep.value("linear", "test", "recall@8")
     assert "self_duality" not in {r["metric"] for r in rep.rows if r["run"] == "gcr-k2"}
+    # three depths, classifier metrics and hierarchy metrics on the head's input only
+    layers = list(dict.fromkeys(r["layer"] for r in rep.rows))
+    assert layers == ["backbone.0", "backbone.3", "head"]
+    by_layer = {la: {r["metric"] for r in rep.rows if r["layer"] == la} for la in layers}
+    assert {"accuracy", "mistake_severity", "hdist@5_mean"} <= by_layer["head"]
+    assert not {"accuracy", "mistake_severity"} & by_layer["backbone.0"]
+    assert (demo_out / "hierarchy.txt").read_text().startswith("# Ward linkage")
     names = {p.name for p in (demo_out / "figures").iterdir()}
     for stem in [
         "nc_trajectories_train",
@@ -45,6 +52,9 @@ def test_demo_writes_checkpoints_report_and_figures(demo_out: Path) -> None:
         "cosines_gcr-k4",
         "variability_sweep",
         "recall_bars",
+        "depth_haframe",
+        "severity_tradeoff",
+        "hierarchical_distance",
     ]:
         for fmt in ("pdf", "png"):
             assert f"{stem}.{fmt}" in names
@@ -67,7 +77,7 @@ def test_plot_is_byte_reproducible(demo_out: Path, tmp_path: Path) -> None:
     a, b = demo_out / "figures", tmp_path / "b"
     assert main(["plot", str(demo_out), "--out", str(b)]) == 0
     files = sorted(p.name for p in a.iterdir())
-    assert files == sorted(p.name for p in b.iterdir()) and len(files) == 34
+    assert files == sorted(p.name for p in b.iterdir()) and len(files) == 50
     for name in files:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 

@@ -479,3 +479,84 @@ def test_nc_trajectories_two_checkpoints_at_one_epoch() -> None:
     x, y = line_xy(axes[0].lines[0])
     np.testing.assert_array_equal(x, [*EPOCHS, EPOCHS[-1]])
     assert y[-1] == 5e-5
+
+
+# ---------------------------------------------------------------- depth and hierarchy figures
+def layered_rows() -> list[dict[str, Any]]:
+    rows = []
+    for e in (1, 2, 3):
+        for depth, layer in enumerate(("conv", "mid", "fc")):
+            for metric in ("nc1", "cdnv"):
+                rows.append(
+                    {
+                        "run": "a",
+                        "checkpoint": f"ep{e}",
+                        "epoch": e,
+                        "step": None,
+                        "split": "test",
+                        "layer": layer,
+                        "metric": metric,
+                        "value": 10.0 ** (-depth) / e,
+                    }
+                )
+        rows.append({**rows[-1], "metric": "accuracy", "value": 0.5 + 0.1 * e})
+    return rows
+
+
+def test_depth_profile_lines_per_checkpoint_in_layer_order() -> None:
+    fig, axes = plots.depth_profile(layered_rows(), run="a", split="test")
+    assert [ax.get_title() for ax in axes][1] == "cdnv"
+    lines = [ln for ln in axes[0].lines if len(ln.get_xdata()) == 3]
+    assert len(lines) == 3  # one per checkpoint
+    ys = sorted(tuple(line_xy(ln)[1]) for ln in lines)
+    assert ys[0] == pytest.approx((1 / 3, 1 / 30, 1 / 300))  # conv, mid, fc at x = 0, 1, 2
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["conv", "mid", "fc"]
+    assert "a: collapse across layers, test split" in fig.get_suptitle()
+    with pytest.raises(ValueError, match="2\\+ layers"):
+        plots.depth_profile([r for r in layered_rows() if r["layer"] == "fc"], run="a")
+
+
+def test_hierarchy_figures_show_each_run_at_its_last_checkpoint() -> None:
+    rows = []
+    for run, (err, sev) in {"x": (0.1, 2.0), "y": (0.2, 1.0)}.items():
+        for e in (1, 2):
+            for metric, value in (
+                ("top1_error", err * e),
+                ("mistake_severity", sev * e),
+                ("hdist@1_mean", 0.5 * e),
+                ("hdist@5_mean", 1.5 * e),
+            ):
+                rows.append(
+                    {
+                        "run": run,
+                        "checkpoint": f"e{e}",
+                        "epoch": e,
+                        "step": None,
+                        "split": "test",
+                        "layer": "fc",
+                        "metric": metric,
+                        "value": value,
+                    }
+                )
+    _fig, ax = plots.severity_tradeoff(rows)
+    pts = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert sorted(map(tuple, pts.tolist())) == [(0.2, 4.0), (0.4, 2.0)]  # epoch 2 only
+    assert ax.get_title() == "severity vs error (test, epoch 2)"
+    _fig, ax = plots.hierarchical_distance_curves(rows)
+    data = [line_xy(ln) for ln in ax.lines if len(ln.get_xdata()) == 2]
+    assert sorted(tuple(y) for _, y in data) == [(1.0, 3.0), (1.0, 3.0)]
+    with pytest.raises(ValueError, match="mistake_severity"):
+        plots.severity_tradeoff([r for r in rows if r["metric"] != "mistake_severity"])
+
+
+def test_render_all_uses_the_classifier_layer_for_trajectories(tmp_path: Path) -> None:
+    paths = render_all(layered_rows(), out_dir=tmp_path, formats=("png",))
+    assert sorted(p.name for p in paths) == [
+        "accuracy.png",
+        "depth_a.png",
+        "nc_trajectories_test.png",
+    ]
+    rows = plots._classifier_rows(layered_rows())
+    _fig, axes = nc_trajectories(rows, metrics=("nc1",), split="test")
+    (ln,) = [ln for ln in axes[0].lines if len(ln.get_xdata()) == 3]
+    np.testing.assert_allclose(line_xy(ln)[1], [1e-2, 1e-2 / 2, 1e-2 / 3])  # the fc layer only
