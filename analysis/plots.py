@@ -50,7 +50,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import matplotlib as mpl
 import numpy as np
@@ -1223,7 +1223,10 @@ def render_all(
     return written
 
 
-def _classifier_rows(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+_Row = TypeVar("_Row", bound=Mapping[str, Any])
+
+
+def _classifier_rows(rows: Sequence[_Row]) -> list[_Row]:
     """Each run's rows of its classifier-input layer (the layer of its ``accuracy`` rows).
 
     Rows without a ``layer`` key, and runs with one layer, are kept whole.
