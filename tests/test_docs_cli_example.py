@@ -36,7 +36,7 @@ def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_worked_example_runs_as_documented(user_dir: Path, capsys) -> None:
     blocks = _blocks("### Worked example")
     files = {title: body for lang, title, body in blocks if title}
-    assert set(files) == {"mymodels.py", "mydata.py", "train.py"}
+    assert set(files) == {"mymodels.py", "mydata.py", "train.py", "digits_tree.txt"}
     for name, body in files.items():
         (user_dir / name).write_text(body)
     (commands,) = [body for lang, title, body in blocks if lang == "bash"]
@@ -60,6 +60,11 @@ def test_worked_example_runs_as_documented(user_dir: Path, capsys) -> None:
     # after the second analyze both runs are in one report; forget leaves only `linear`
     assert runs_seen[1] == ["linear", "etf"]
     assert runs_seen[-1] == ["linear"]
+    deep = Report.read(user_dir / "deep")
+    assert list(dict.fromkeys(r["layer"] for r in deep.rows)) == ["backbone.1", "head"]
+    assert 0 < deep.value("linear", "test", "mistake_severity") <= 2  # the tree's height is 2
+    figures = {p.name for p in (user_dir / "deep" / "figures").iterdir()}
+    assert {"depth_linear.png", "severity_tradeoff.png", "hierarchical_distance.png"} <= figures
     out = capsys.readouterr().out
     assert "part1: 0 checkpoint(s) merged" in out
     rep = Report.read(user_dir / "results" / "report.csv")
