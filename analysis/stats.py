@@ -8,22 +8,69 @@ stores no :math:`N\times D` matrix (memory :math:`O(KD + D^2)`), and two instanc
 disjoint shards merge into the statistics of their union exactly (to float64 round-off), on one
 process with :meth:`FeatureStats.merge` or across processes with :meth:`FeatureStats.all_reduce`.
 
-Accuracy
---------
+Accuracy: shifted data
+----------------------
 Raw one-pass moments :math:`E[xx^\top] - \mu\mu^\top` cancel catastrophically near neural
-collapse (class offsets of 50, within-class spread of 1e-3 loses ~10 digits). Here every batch
-is first centred on its own per-class means (an exact two-pass computation inside the batch)
-and then combined with the running state by the pairwise update of Chan, Golub & LeVeque
-(1979), applied per class and summed over classes:
+collapse (class offsets of 50, within-class spread of 1e-3 loses ~10 digits). Here every sample
+is first shifted by a fixed *reference* :math:`r_c` of its class, a point inside the class: the
+mean of the class's rows in the first batch (or shard) that contains it. The state holds, per
+class, :math:`n_c`, :math:`r_c` and the shifted sums, and, pooled, the raw scatter of the
+shifted data:
 
 .. math::
 
-    S_W \leftarrow S_W + S_W^{(b)} + \sum_c \frac{n_c m_c}{n_c + m_c}\,
-    \delta_c \delta_c^\top, \qquad \delta_c = \mu_c^{(b)} - \mu_c ,
+    z_i = x_i - r_{y_i}, \qquad s_c = \sum_{i\in c} z_i, \qquad
+    q_c = \sum_{i\in c} \|z_i\|^2, \qquad P = \sum_i z_i z_i^\top .
 
-where :math:`n_c`/:math:`m_c` are the class counts before/in the batch. Only the classes that
-occur in the batch are touched (``torch.unique`` + ``index_add_``), so :math:`K = 32768` costs
-no more than :math:`K = 10`.
+A batch adds one GEMM :math:`Z^\top Z` to :math:`P` and per-class sums of :math:`z_i` and
+:math:`\|z_i\|^2` to :math:`s_c, q_c`, whatever the number of classes in it (Chan, Golub &
+LeVeque's pairwise merge, used before, added a :math:`U\times D^2` mean-shift product for the
+:math:`U` classes of every batch). The correction is applied once, when the statistics are read:
+with :math:`d_c = s_c/n_c = \mu_c - r_c`,
+
+.. math::
+
+    \mu_c = r_c + d_c, \qquad
+    S_W = \sum_i (x_i-\mu_{y_i})(x_i-\mu_{y_i})^\top = P - \sum_c n_c\, d_c d_c^\top, \qquad
+    \sum_{i\in c}\|x_i-\mu_c\|^2 = q_c - n_c \|d_c\|^2 ,
+
+(expand :math:`x_i - \mu_c = z_i - d_c`). Both terms are of within-class size (:math:`z_i` is
+a deviation from a point of the class, :math:`d_c` that point's distance to the class mean, of
+order :math:`\sigma_c/\sqrt{m_c}` for a first batch holding :math:`m_c` rows of the class), so
+nothing cancels near collapse: the relative error grows only by the factor
+:math:`1 + n_c\|d_c\|^2/\operatorname{tr}S_c`. The normalised features
+:math:`\hat x = x/\|x\|` are accumulated in the same form with references :math:`\rho_c` (the
+mean of :math:`\hat x` over the same first rows): :math:`t_c = \sum_{i\in c}(\hat x_i-\rho_c)`,
+:math:`p_c = \sum_{i\in c}\|\hat x_i-\rho_c\|^2`. Near collapse the cosine distances are
+~1e-12, where :math:`1 - \|\hat m_c\|^2` would lose every digit.
+
+Changing references (merge, all-reduce)
+---------------------------------------
+The same data expressed in other references :math:`r'_c`, with :math:`\delta_c = r_c - r'_c`
+(so :math:`z'_i = z_i + \delta_c`), is exactly
+
+.. math::
+
+    s'_c = s_c + n_c\delta_c, \qquad
+    q'_c = q_c + 2\,\delta_c^\top g_c, \qquad
+    P' = P + \sum_c \big(\delta_c g_c^\top + g_c \delta_c^\top\big), \qquad
+    g_c = s_c + \tfrac{n_c}{2}\delta_c ,
+
+a rank-:math:`2U` update, :math:`U` the classes re-expressed. :meth:`FeatureStats.merge`
+re-expresses the other state in this state's references for the classes both hold (a class
+new to this state keeps the other's reference, :math:`\delta_c = 0`) and adds;
+:meth:`FeatureStats.all_reduce` re-expresses every rank in one common reference, the global
+class mean (from one SUM all-reduce of counts and class sums), and sums. Since every
+reference lies inside its class, :math:`\delta_c` is again of within-class size. Per-class
+scatters (``track_class_scatter=True``) follow the same formulas class by class.
+
+Exported state
+--------------
+:meth:`FeatureStats.state_dict` holds the reference-free statistics (counts, means, the
+centred scatter :math:`S_W`, :math:`\sum_{i\in c}\|x_i-\mu_c\|^2`, ...), the format of
+state version 1, so states of shards with different references compare and merge directly;
+:meth:`FeatureStats.from_state_dict` takes :math:`r_c = \mu_c` (:math:`s_c = 0`,
+:math:`P = S_W`, :math:`q_c` the class's sum of squares).
 
 Conventions (see ``CONVENTIONS.md`` and ``docs/conventions.md``)
 -----------------------------------------------------------------
@@ -41,8 +88,9 @@ metric with one :class:`EmptyClassWarning` naming it.
 
 References
 ----------
-T. F. Chan, G. H. Golub, R. J. LeVeque, "Updating formulae and a pairwise algorithm for
-computing sample variances", Stanford CS tech. report STAN-CS-79-773, 1979.
+T. F. Chan, G. H. Golub, R. J. LeVeque, "Algorithms for computing the sample variance:
+analysis and recommendations", The American Statistician 37(3), 1983 (the shifted-data
+algorithm, Sec. 3).
 V. Papyan, X. Y. Han, D. L. Donoho, "Prevalence of neural collapse during the terminal phase
 of deep learning training", PNAS 117(40), 2020.
 """
@@ -64,10 +112,44 @@ Within = Literal["samples", "balanced"]
 
 _STATE_VERSION = 1
 _TENSOR_KEYS = ("counts", "means", "scatter", "class_m2", "unit_means", "unit_m2", "zero_norm")
+_CHUNK_ELEMENTS = 1 << 18  # rows × D of one chunk of a batch on CPU (2 MiB of float64: L2)
 
 
 class EmptyClassWarning(UserWarning):
     """Some classes have no samples; they are excluded from every metric."""
+
+
+def _row_norms(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Euclidean norms of the rows of ``x``; rescaled where ``‖x‖²`` overflows.
+
+    Raises (through :func:`check_finite`, naming NaN/Inf counts and rows of ``source``) when
+    ``x`` is not finite.
+    """
+    norms = torch.linalg.vector_norm(x, dim=1)
+    if not bool(torch.isfinite(norms).all()):
+        if not bool(torch.isfinite(x).all()):
+            check_finite(source, "features")  # raises with NaN/Inf counts and rows
+        amax = x.abs().amax(dim=1)  # finite but ‖x‖ overflowed: rescale
+        norms = amax * torch.linalg.vector_norm(x / amax.clamp(min=1e-300)[:, None], dim=1)
+    return norms
+
+
+def _rereference(
+    delta: torch.Tensor, n: torch.Tensor, sums: torch.Tensor, sq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Shifted sums and squares in references moved by ``-delta`` (:math:`z' = z + \delta`).
+
+    Returns :math:`s' = s + n\delta`, :math:`q' = q + 2\delta^\top g` and
+    :math:`g = s + \tfrac n2 \delta`, whose rank-2 products :math:`\delta g^\top + g\delta^\top`
+    re-express a scatter (module docstring).
+    """
+    g = sums + delta * (n / 2)[:, None]
+    return sums + delta * n[:, None], sq + 2.0 * torch.linalg.vecdot(delta, g), g
+
+
+def _sym_update(p: torch.Tensor, delta: torch.Tensor, g: torch.Tensor) -> None:
+    r"""``p += Σ_c δ_c g_cᵀ + g_c δ_cᵀ`` (rows ``delta``, ``g``), in place."""
+    p.addmm_(delta.T, g).addmm_(g.T, delta)
 
 
 class FeatureStats:
@@ -95,11 +177,12 @@ class FeatureStats:
 
     Notes
     -----
-    State (all float64 except the int64 counts): ``counts [K]``, class ``means [K, D]``, the
-    pooled within-class scatter :math:`S_W=\sum_i (x_i-\mu_{y_i})(x_i-\mu_{y_i})^\top` ``[D, D]``,
-    per-class scatter traces ``[K]``, and for the normalised features :math:`\hat x = x/\|x\|`
-    their class means ``[K, D]`` and summed squared deviations ``[K]``. Rows of ``means`` for
-    classes without samples are zero; use :attr:`present`.
+    State (all float64 except the int64 counts), in the shifted form of the module docstring:
+    ``counts [K]``, the references :math:`r_c, \rho_c` ``[K, 2D]``, the shifted sums and squares
+    :math:`s_c, t_c, q_c, p_c` ``[K, 2D + 2]``, the pooled shifted scatter :math:`P` ``[D, D]``
+    (and :math:`P_c` ``[K, D, D]`` with ``track_class_scatter``). The reference-free statistics
+    (means, :math:`S_W`, ...) are derived from it when first read after a change, and cached.
+    Rows of ``means`` for classes without samples are zero; use :attr:`present`.
     """
 
     def __init__(
@@ -120,11 +203,11 @@ class FeatureStats:
         self.track_class_scatter = bool(track_class_scatter)
         dev, f64 = self.device, torch.float64
         self._counts = torch.zeros(num_classes, dtype=torch.int64, device=dev)
-        self._means = torch.zeros(num_classes, dim, dtype=f64, device=dev)
-        self._scatter = torch.zeros(dim, dim, dtype=f64, device=dev)
-        self._class_m2 = torch.zeros(num_classes, dtype=f64, device=dev)
-        self._unit_means = torch.zeros(num_classes, dim, dtype=f64, device=dev)
-        self._unit_m2 = torch.zeros(num_classes, dtype=f64, device=dev)
+        # [r | ρ]: references of the features and of the normalised features
+        self._refs = torch.zeros(num_classes, 2 * dim, dtype=f64, device=dev)
+        # [s | t | q | p]: shifted sums of x and x̂, shifted sums of squares of both
+        self._acc = torch.zeros(num_classes, 2 * dim + 2, dtype=f64, device=dev)
+        self._scatter = torch.zeros(dim, dim, dtype=f64, device=dev)  # P (shifted)
         self._zero_norm = torch.zeros((), dtype=torch.int64, device=dev)
         self._class_scatter: torch.Tensor | None = (
             torch.zeros(num_classes, dim, dim, dtype=f64, device=dev)
@@ -132,7 +215,8 @@ class FeatureStats:
             else None
         )
         self._warned_empty: tuple[int, ...] | None = None
-        self._work: torch.Tensor | None = None
+        self._cache: dict[str, torch.Tensor] = {}
+        self._work: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ accumulation
     @torch.no_grad()
@@ -157,128 +241,91 @@ class FeatureStats:
         x_in = check_features(features, self.dim, finite=False)
         y = check_labels(labels, x_in.shape[0], self.num_classes)
         y = y.to(device=self.device, dtype=torch.int64)
-        b = x_in.shape[0]
-        # Reusable [B, D] float64 work buffers: repeated 16 MB allocations (page faults) cost
-        # as much as the arithmetic on CPU. They are scratch space, not state.
-        x, g, h = self._workspace(b)
-        x.copy_(x_in)
-        norms = torch.linalg.vector_norm(x, dim=1)
-        if not bool(torch.isfinite(norms).all()):
-            check_finite(x_in, "features")  # raises with NaN/Inf counts and rows
-            amax = x.abs().amax(dim=1)  # finite but ‖x‖ overflowed: rescale
-            norms = amax * torch.linalg.vector_norm(x / amax.clamp(min=1e-300)[:, None], dim=1)
+        src = x_in.to(device=self.device)
+        b, dim, f64 = src.shape[0], self.dim, torch.float64
+        # Sorting the batch by class makes every class a contiguous run of rows: per-class sums
+        # are then segment sums (index_add_ over B rows costs as much as the GEMM on CPU).
+        labels_sorted, order = torch.sort(y, stable=True)
+        classes, inverse, m = torch.unique_consecutive(
+            labels_sorted, return_inverse=True, return_counts=True
+        )
+        refs = self._refs[classes]  # [U, 2D]: r_c | ρ_c of the batch's classes
+        new = self._counts[classes] == 0
+        if bool(new.any()):
+            # A class seen for the first time takes as references its means in this batch.
+            rows = order[new[inverse]]
+            xs = src[rows].to(f64)
+            norms = _row_norms(xs, x_in)
+            xs_hat = xs / torch.where(norms == 0, torch.ones_like(norms), norms)[:, None]
+            mn = m[new].to(f64)[:, None]
+            refs[new, :dim] = torch.segment_reduce(xs, "sum", lengths=m[new]) / mn
+            refs[new, dim:] = torch.segment_reduce(xs_hat, "sum", lengths=m[new]) / mn
 
-        classes, inverse = torch.unique(y, return_inverse=True)
-        u = classes.numel()
-        m = torch.bincount(inverse, minlength=u).to(torch.float64)
-        batch_means = torch.zeros(u, self.dim, dtype=torch.float64, device=x.device)
-        batch_means.index_add_(0, inverse, x).div_(m[:, None])
-        # Chan's merge adds Σ_c w_c δ_c δ_cᵀ, a U×D² product: cheap for few classes per batch,
-        # as dear as the main GEMM when U ~ B (many classes). Then use the equivalent Welford
-        # form S += Σ_i (x_i − μ_old)(x_i − μ_new)ᵀ, one B×D² GEMM and one more pass.
-        welford = u * self.dim > 32 * b
-        if welford:
-            n = self._counts[classes].to(torch.float64)
-            old = torch.where((n > 0)[:, None], self._means[classes], batch_means)
-            new = old + (batch_means - old) * (m / (n + m))[:, None]
-            torch.index_select(old, 0, inverse, out=h)
-            h.sub_(x)  # μ_old[y] − x
-            torch.index_select(new, 0, inverse, out=g)
-            g.sub_(x)  # μ_new[y] − x
-            batch_m2 = torch.zeros_like(m).index_add_(0, inverse, torch.linalg.vecdot(h, g))
-            scatter_b = h.T @ g  # symmetric up to round-off; symmetrised when read
-        else:
-            torch.index_select(batch_means, 0, inverse, out=g)
-            g.sub_(x)  # μ_b[y] − x: the batch centred on its own class means
-            h = g
-            batch_m2 = torch.zeros_like(m).index_add_(
-                0, inverse, torch.linalg.vector_norm(g, dim=1).square()
-            )
-            scatter_b = g.T @ g
+        # One row per sample, sorted by class: [x − r | x̂ − ρ | ‖x − r‖² | ‖x̂ − ρ‖²].
+        step = b if self.device.type != "cpu" else max(1, min(b, _CHUNK_ELEMENTS // dim))
+        work, chunk_x, chunk_ref = self._workspace(b, step)
+        sums = torch.zeros(classes.numel(), 2 * dim + 2, dtype=f64, device=self.device)
+        zero_rows = torch.zeros((), dtype=torch.int64, device=self.device)
+        for start in range(0, b, step):  # chunks that stay in cache
+            stop = min(b, start + step)
+            xk, rk, wk = chunk_x[: stop - start], chunk_ref[: stop - start], work[start:stop]
+            if src.dtype == f64:
+                torch.index_select(src, 0, order[start:stop], out=xk)
+            else:
+                xk.copy_(src.index_select(0, order[start:stop]))
+            inv = inverse[start:stop]
+            torch.index_select(refs, 0, inv, out=rk)
+            norms = _row_norms(xk, x_in)
+            zero = norms == 0
+            zero_rows += zero.sum()
+            torch.sub(xk, rk[:, :dim], out=wk[:, :dim])
+            xk.div_(torch.where(zero, torch.ones_like(norms), norms)[:, None])  # x̂
+            torch.sub(xk, rk[:, dim:], out=wk[:, dim : 2 * dim])
+            wk[:, 2 * dim] = torch.linalg.vector_norm(wk[:, :dim], dim=1).square_()
+            wk[:, 2 * dim + 1] = torch.linalg.vector_norm(wk[:, dim : 2 * dim], dim=1).square_()
+            first, last = int(inv[0]), int(inv[-1])
+            lengths = torch.bincount(inv - first, minlength=last - first + 1)
+            sums[first : last + 1] += torch.segment_reduce(wk, "sum", lengths=lengths)
+
+        z = work[:b, :dim]
         class_scatter = None
         if self._class_scatter is not None:
-            order = torch.argsort(inverse, stable=True)
-            sizes = [int(v) for v in m.tolist()]
-            pairs = zip(torch.split(h[order], sizes), torch.split(g[order], sizes), strict=True)
-            class_scatter = torch.stack([a.T @ c for a, c in pairs])
+            parts = torch.split(z, [int(v) for v in m.tolist()])
+            class_scatter = torch.stack([p.T @ p for p in parts])
+        # Everything is validated and computed; now change the state.
+        self._scatter.addmm_(z.T, z)  # symmetric up to round-off; symmetrised when read
+        if class_scatter is not None and self._class_scatter is not None:
+            self._class_scatter[classes] += class_scatter
+        self._refs[classes[new]] = refs[new]
+        self._acc[classes] += sums
+        self._counts[classes] += m
+        self._zero_norm += zero_rows
+        self._changed()
 
-        zero = norms == 0
-        x.div_(torch.where(zero, torch.ones_like(norms), norms)[:, None])  # x is now x̂
-        unit_means = torch.zeros_like(batch_means).index_add_(0, inverse, x).div_(m[:, None])
-        torch.index_select(unit_means, 0, inverse, out=g)
-        g.sub_(x)
-        unit_m2 = torch.zeros_like(m).index_add_(
-            0, inverse, torch.linalg.vector_norm(g, dim=1).square()
-        )
+    def _workspace(self, rows: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Reusable float64 buffers: repeated 16 MB allocations (page faults) cost as much as the
+        # arithmetic on CPU. They are scratch space, not state.
+        d, f64, dev = self.dim, torch.float64, self.device
+        if self._work is None or self._work[0].shape[0] < rows or self._work[1].shape[0] < step:
+            self._work = (
+                torch.empty(rows, 2 * d + 2, dtype=f64, device=dev),
+                torch.empty(step, d, dtype=f64, device=dev),
+                torch.empty(step, 2 * d, dtype=f64, device=dev),
+            )
+        work, chunk_x, chunk_ref = self._work
+        return work[:rows], chunk_x, chunk_ref
 
-        # Everything above is validated and computed; now merge into the state (Chan et al.).
-        self._merge_classes(
-            classes,
-            m,
-            batch_means,
-            scatter_b,
-            batch_m2,
-            unit_means,
-            unit_m2,
-            class_scatter,
-            delta_included=welford,
-        )
-        self._zero_norm += zero.sum()
+    def _changed(self) -> None:
+        self._cache = {}
         self._warned_empty = None
-
-    def _workspace(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        buf = self._work
-        if buf is None or buf.shape[1] < rows:
-            buf = torch.empty(3, rows, self.dim, dtype=torch.float64, device=self.device)
-            self._work = buf
-        return buf[0, :rows], buf[1, :rows], buf[2, :rows]
-
-    def _merge_classes(
-        self,
-        classes: torch.Tensor,
-        m: torch.Tensor,
-        means_b: torch.Tensor,
-        scatter_b: torch.Tensor,
-        m2_b: torch.Tensor,
-        unit_means_b: torch.Tensor,
-        unit_m2_b: torch.Tensor,
-        class_scatter_b: torch.Tensor | None,
-        *,
-        delta_included: bool = False,
-    ) -> None:
-        """Chan-merge per-class statistics of a second sample (counts ``m``) into the state.
-
-        ``delta_included``: ``scatter_b``, ``m2_b`` and ``class_scatter_b`` already hold the
-        full increments (Welford form), so the mean-shift terms are not added again.
-        """
-        n = self._counts[classes].to(torch.float64)
-        total = n + m
-        w = n * m / total  # 0 for classes seen for the first time
-        delta = means_b - self._means[classes]
-        udelta = unit_means_b - self._unit_means[classes]
-        self._scatter += scatter_b
-        self._unit_m2[classes] += unit_m2_b + w * udelta.square().sum(dim=1)
-        if delta_included:
-            self._class_m2[classes] += m2_b
-            if self._class_scatter is not None and class_scatter_b is not None:
-                self._class_scatter[classes] += class_scatter_b
-        else:
-            self._scatter.addmm_(delta.T, delta * w[:, None])
-            self._class_m2[classes] += m2_b + w * delta.square().sum(dim=1)
-            if self._class_scatter is not None and class_scatter_b is not None:
-                outer = delta[:, :, None] * (delta * w[:, None])[:, None, :]
-                self._class_scatter[classes] += class_scatter_b + outer
-        ratio = (m / total)[:, None]
-        self._means[classes] += delta * ratio
-        self._unit_means[classes] += udelta * ratio
-        self._counts[classes] += m.to(torch.int64)
 
     @torch.no_grad()
     def merge(self, other: FeatureStats) -> FeatureStats:
         """Merge ``other`` into ``self`` in place; returns ``self``.
 
-        The result equals one pass over the union of both data sets to float64 round-off
-        (pairwise update of Chan, Golub & LeVeque 1979), whatever the split or merge order.
+        The result equals one pass over the union of both data sets to float64 round-off,
+        whatever the split or merge order: ``other``'s shifted statistics are re-expressed in
+        this state's references for the classes both hold (module docstring) and added.
         """
         if not isinstance(other, FeatureStats):
             raise TypeError(f"can only merge a FeatureStats, got {type(other).__name__}")
@@ -289,25 +336,38 @@ class FeatureStats:
             )
         if self.track_class_scatter and not other.track_class_scatter:
             raise ValueError("cannot merge stats without class scatter into stats that track it")
-        classes = torch.nonzero(other._counts > 0).flatten().to(self.device)
+        dev, d = self.device, self.dim
+        classes = torch.nonzero(other._counts.to(dev) > 0).flatten()
         if classes.numel() == 0:
             return self
-        src = other._counts.to(self.device)
+        n = other._counts.to(dev)[classes]
+        refs = other._refs.to(dev)[classes]
+        acc = other._acc.to(dev)[classes]
+        scatter = other._scatter.to(dev)
         cs = None
         if self._class_scatter is not None and other._class_scatter is not None:
-            cs = other._class_scatter.to(self.device)[classes]
-        self._merge_classes(
-            classes,
-            src[classes].to(torch.float64),
-            other._means.to(self.device)[classes],
-            other._scatter.to(self.device),
-            other._class_m2.to(self.device)[classes],
-            other._unit_means.to(self.device)[classes],
-            other._unit_m2.to(self.device)[classes],
-            cs,
-        )
-        self._zero_norm += other._zero_norm.to(self.device)
-        self._warned_empty = None
+            cs = other._class_scatter.to(dev)[classes]
+        both = self._counts[classes] > 0
+        # classes new to self keep other's references (δ = 0); the others move to self's
+        self._refs[classes[~both]] = refs[~both]
+        delta = torch.where(both[:, None], refs - self._refs[classes], 0.0)
+        nf = n.to(torch.float64)
+        acc = acc.clone() if acc.data_ptr() == other._acc.data_ptr() else acc
+        s, q, g = _rereference(delta[:, :d], nf, acc[:, :d], acc[:, 2 * d])
+        t, p, _ = _rereference(delta[:, d:], nf, acc[:, d : 2 * d], acc[:, 2 * d + 1])
+        acc = torch.cat([s, t, q[:, None], p[:, None]], dim=1)
+        scatter = scatter.clone()
+        _sym_update(scatter, delta[both, :d], g[both])
+        if cs is not None:
+            e = delta[:, :d]
+            cs = cs + e[:, :, None] * g[:, None, :] + g[:, :, None] * e[:, None, :]
+            assert self._class_scatter is not None
+            self._class_scatter[classes] += cs
+        self._scatter += scatter
+        self._acc[classes] += acc
+        self._counts[classes] += n
+        self._zero_norm += other._zero_norm.to(dev)
+        self._changed()
         return self
 
     @torch.no_grad()
@@ -317,9 +377,9 @@ class FeatureStats:
         Every rank ends with the statistics of the union of all ranks' data. Uses two SUM
         all-reduces of size :math:`O(KD + D^2)` (no gather of ``world_size`` copies): first the
         counts and class sums give the global class means :math:`\mu_c^*`; then each rank
-        re-centres its scatter on them (parallel-axis theorem,
-        :math:`S_r + \sum_c n_{c,r}(\mu_{c,r}-\mu_c^*)(\mu_{c,r}-\mu_c^*)^\top`, exact and
-        well conditioned because it only adds small corrections) and the results are summed.
+        re-expresses its shifted statistics in the common references :math:`r_c = \mu_c^*`
+        (rank-:math:`2K` update of the module docstring, exact and well conditioned: every
+        :math:`\delta_c` is of within-class size) and the results are summed.
 
         Parameters
         ----------
@@ -330,35 +390,35 @@ class FeatureStats:
 
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("torch.distributed is not initialised; call init_process_group")
+        d, k = self.dim, self.num_classes
         n = self._counts.to(torch.float64)
         counts = self._counts.clone()
         dist.all_reduce(counts, group=group)
-        sums = torch.cat([self._means * n[:, None], self._unit_means * n[:, None]], dim=1)
+        # class sums Σx and Σx̂ = n r + s, n ρ + t
+        sums = self._refs * n[:, None] + self._acc[:, : 2 * d]
         dist.all_reduce(sums, group=group)
-        denom = counts.clamp(min=1).to(torch.float64)[:, None]
-        means, unit_means = (sums / denom).split(self.dim, dim=1)
-        d = self._means - means
-        ud = self._unit_means - unit_means
-        scatter = self._scatter + d.T @ (d * n[:, None])
-        class_m2 = self._class_m2 + n * d.square().sum(dim=1)
-        unit_m2 = self._unit_m2 + n * ud.square().sum(dim=1)
-        flat = [scatter.flatten(), class_m2, unit_m2]
+        refs = sums / counts.clamp(min=1).to(torch.float64)[:, None]  # global class means
+        delta = self._refs - refs
+        s, q, g = _rereference(delta[:, :d], n, self._acc[:, :d], self._acc[:, 2 * d])
+        t, p, _ = _rereference(delta[:, d:], n, self._acc[:, d : 2 * d], self._acc[:, 2 * d + 1])
+        scatter = self._scatter.clone()
+        _sym_update(scatter, delta[:, :d], g)
+        flat = [scatter.flatten(), torch.cat([s, t, q[:, None], p[:, None]], dim=1).flatten()]
         if self._class_scatter is not None:
-            outer = d[:, :, None] * (d * n[:, None])[:, None, :]
-            flat.append((self._class_scatter + outer).flatten())
+            e = delta[:, :d]
+            cs = self._class_scatter + e[:, :, None] * g[:, None, :] + g[:, :, None] * e[:, None, :]
+            flat.append(cs.flatten())
         packed = torch.cat(flat)
         dist.all_reduce(packed, group=group)
         zero = self._zero_norm.clone()
         dist.all_reduce(zero, group=group)
-        d2, k = self.dim * self.dim, self.num_classes
-        self._scatter = packed[:d2].view(self.dim, self.dim).clone()
-        self._class_m2 = packed[d2 : d2 + k].clone()
-        self._unit_m2 = packed[d2 + k : d2 + 2 * k].clone()
+        d2, width = d * d, 2 * d + 2
+        self._scatter = packed[:d2].view(d, d).clone()
+        self._acc = packed[d2 : d2 + k * width].view(k, width).clone()
         if self._class_scatter is not None:
-            self._class_scatter = packed[d2 + 2 * k :].view(k, self.dim, self.dim).clone()
-        self._counts, self._means, self._unit_means = counts, means.clone(), unit_means.clone()
-        self._zero_norm = zero
-        self._warned_empty = None
+            self._class_scatter = packed[d2 + k * width :].view(k, d, d).clone()
+        self._counts, self._refs, self._zero_norm = counts, refs, zero
+        self._changed()
         return self
 
     def reset(self) -> None:
@@ -369,6 +429,41 @@ class FeatureStats:
             device=self.device,
             track_class_scatter=self.track_class_scatter,
         )
+
+    # ------------------------------------------------------------------ derived statistics
+    def _derived(self) -> dict[str, torch.Tensor]:
+        """Reference-free statistics from the shifted state (module docstring), cached."""
+        if self._cache:
+            return self._cache
+        d = self.dim
+        n = self._counts.to(torch.float64)
+        nn = n.clamp(min=1)[:, None]
+        shift = self._acc[:, : 2 * d] / nn  # d_c = s_c / n_c (and t_c / n_c); 0 if absent
+        means = self._refs + shift
+        sq_shift = shift.square()
+        m2 = self._acc[:, 2 * d :] - n[:, None] * torch.stack(
+            [sq_shift[:, :d].sum(1), sq_shift[:, d:].sum(1)], dim=1
+        )
+        # q_c ≥ n_c‖d_c‖² exactly; a class with one sample has none by definition
+        m2 = torch.where((n > 1)[:, None], m2.clamp(min=0), 0.0)
+        idx = torch.nonzero(n > 0).flatten()
+        e = shift[idx, :d]
+        scatter = (self._scatter + self._scatter.T) / 2
+        scatter = scatter - e.T @ (e * n[idx, None])
+        cache = {
+            "means": means[:, :d],
+            "unit_means": means[:, d:],
+            "class_m2": m2[:, 0].contiguous(),
+            "unit_m2": m2[:, 1].contiguous(),
+            "scatter": (scatter + scatter.T) / 2,
+        }
+        if self._class_scatter is not None:
+            e = shift[:, :d]
+            cs = (self._class_scatter + self._class_scatter.transpose(1, 2)) / 2
+            cs = cs - e[:, :, None] * (e * n[:, None])[:, None, :]
+            cache["class_scatter"] = (cs + cs.transpose(1, 2)) / 2
+        self._cache = cache
+        return cache
 
     # ------------------------------------------------------------------ basic views
     @property
@@ -394,27 +489,22 @@ class FeatureStats:
     @property
     def means(self) -> torch.Tensor:
         r"""Class means :math:`\mu_c` ``[K, D]`` (rows of absent classes are zero)."""
-        return self._means.clone()
+        return self._derived()["means"].clone()
 
     @property
     def unit_means(self) -> torch.Tensor:
         r"""Class means of the normalised features :math:`\hat m_c` ``[K, D]``."""
-        return self._unit_means.clone()
+        return self._derived()["unit_means"].clone()
 
     @property
     def unit_sq_dev(self) -> torch.Tensor:
         r"""Per-class :math:`\sum_{i\in c}\|\hat x_i - \hat m_c\|^2` ``[K]``."""
-        return self._unit_m2.clone()
+        return self._derived()["unit_m2"].clone()
 
     @property
     def within_scatter(self) -> torch.Tensor:
         r"""Pooled within-class scatter :math:`\sum_i (x_i-\mu_{y_i})(x_i-\mu_{y_i})^\top`."""
-        return self._symmetric_scatter()
-
-    def _symmetric_scatter(self) -> torch.Tensor:
-        # The Welford-form update adds (x−μ_old)ᵀ(x−μ_new), symmetric only up to round-off;
-        # symmetrising once when read is cheaper than once per batch (a strided D×D pass).
-        return (self._scatter + self._scatter.T) / 2
+        return self._derived()["scatter"].clone()
 
     def _require_data(self) -> None:
         if int(self._counts.sum()) == 0:
@@ -444,11 +534,12 @@ class FeatureStats:
         :math:`\frac1K\sum_c \mu_c` over the classes present.
         """
         idx = self.present_classes(warn=False)
+        means = self._derived()["means"]
         if global_mean == "samples":
             n = self._counts[idx].to(torch.float64)
-            return (n[:, None] * self._means[idx]).sum(0) / n.sum()
+            return (n[:, None] * means[idx]).sum(0) / n.sum()
         if global_mean == "classes":
-            return self._means[idx].mean(0)
+            return means[idx].mean(0)
         raise ValueError(f"global_mean must be 'samples' or 'classes', got {global_mean!r}")
 
     @property
@@ -459,7 +550,7 @@ class FeatureStats:
     def centered_means(self, global_mean: GlobalMean = "samples") -> torch.Tensor:
         r"""Centred means :math:`M_c` ``[K', D]``, rows :math:`\mu_c-\mu_G` of present classes."""
         idx = self.present_classes()
-        return self._means[idx] - self.global_mean_of(global_mean)
+        return self._derived()["means"][idx] - self.global_mean_of(global_mean)
 
     # ------------------------------------------------------------------ covariances
     def within_covariance(self, within: Within = "samples") -> torch.Tensor:
@@ -472,7 +563,7 @@ class FeatureStats:
         """
         idx = self.present_classes()
         if within == "samples":
-            return self._symmetric_scatter() / self.num_samples
+            return self._derived()["scatter"] / self.num_samples
         if within == "balanced":
             if self._class_scatter is None:
                 raise ValueError(
@@ -480,7 +571,7 @@ class FeatureStats:
                     "FeatureStats with track_class_scatter=True"
                 )
             n = self._counts[idx].to(torch.float64)
-            cov = (self._class_scatter[idx] / n[:, None, None]).mean(0)
+            cov = (self._derived()["class_scatter"][idx] / n[:, None, None]).mean(0)
             return (cov + cov.T) / 2
         raise ValueError(f"within must be 'samples' or 'balanced', got {within!r}")
 
@@ -502,8 +593,8 @@ class FeatureStats:
         idx = self.present_classes()
         n = self._counts[idx].to(torch.float64)
         mu = self.global_mean_of("samples")
-        d = self._means[idx] - mu
-        total = (self._symmetric_scatter() + d.T @ (d * n[:, None])) / n.sum()
+        d = self._derived()["means"][idx] - mu
+        total = (self._derived()["scatter"] + d.T @ (d * n[:, None])) / n.sum()
         if global_mean == "classes":
             s = mu - self.global_mean_of("classes")
             total = total + torch.outer(s, s)
@@ -536,7 +627,8 @@ class FeatureStats:
         if ddof not in (0, 1):
             raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
         denom = (self._counts - ddof).to(torch.float64)
-        return torch.where(denom > 0, self._class_m2 / denom.clamp(min=1), 0.0)
+        m2 = self._derived()["class_m2"]
+        return torch.where(denom > 0, m2 / denom.clamp(min=1), 0.0)
 
     @property
     def class_variances(self) -> torch.Tensor:
@@ -545,43 +637,74 @@ class FeatureStats:
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        """State as tensors and plain values, loadable with ``torch.load(weights_only=True)``."""
+        """State as tensors and plain values, loadable with ``torch.load(weights_only=True)``.
+
+        Holds the reference-free statistics (format of state version 1: ``counts``, ``means``,
+        ``scatter`` :math:`S_W`, ``class_m2``, ``unit_means``, ``unit_m2``, ``zero_norm`` and,
+        with ``track_class_scatter``, ``class_scatter``), so the states of shards that chose
+        different references compare and merge directly.
+        """
         state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "num_classes": self.num_classes,
             "dim": self.dim,
             "track_class_scatter": self.track_class_scatter,
         }
+        derived = self._derived()
+        values = {"counts": self._counts, "zero_norm": self._zero_norm, **derived}
         for key in _TENSOR_KEYS:
-            state[key] = getattr(self, f"_{key}").detach().cpu().clone()
+            state[key] = values[key].detach().cpu().clone()
         if self._class_scatter is not None:
-            state["class_scatter"] = self._class_scatter.detach().cpu().clone()
+            state["class_scatter"] = derived["class_scatter"].detach().cpu().clone()
         return state
 
     @classmethod
     def from_state_dict(
         cls, state: Mapping[str, Any], *, device: torch.device | str | None = None
     ) -> FeatureStats:
-        """Rebuild from :meth:`state_dict`, checking keys, shapes and dtypes."""
+        r"""Rebuild from :meth:`state_dict`, checking keys, shapes and dtypes.
+
+        The references become the class means (:math:`r_c = \mu_c`, :math:`s_c = 0`,
+        :math:`P = S_W`): updates then continue exactly in that form.
+        """
         missing = [k for k in ("num_classes", "dim", *_TENSOR_KEYS) if k not in state]
         if missing:
             raise ValueError(f"FeatureStats state_dict is missing keys {missing}")
         if state.get("version", _STATE_VERSION) != _STATE_VERSION:
             raise ValueError(f"unsupported FeatureStats state version {state.get('version')}")
         track = bool(state.get("track_class_scatter", False))
-        out = cls(
-            int(state["num_classes"]), int(state["dim"]), device=device, track_class_scatter=track
-        )
+        k, d = int(state["num_classes"]), int(state["dim"])
+        out = cls(k, d, device=device, track_class_scatter=track)
+        f64, i64 = torch.float64, torch.int64
+        shapes = {
+            "counts": ((k,), i64),
+            "means": ((k, d), f64),
+            "scatter": ((d, d), f64),
+            "class_m2": ((k,), f64),
+            "unit_means": ((k, d), f64),
+            "unit_m2": ((k,), f64),
+            "zero_norm": ((), i64),
+            "class_scatter": ((k, d, d), f64),
+        }
         keys = list(_TENSOR_KEYS) + (["class_scatter"] if track else [])
+        vals: dict[str, torch.Tensor] = {}
         for key in keys:
             if key not in state:
                 raise ValueError(f"FeatureStats state_dict is missing key {key!r}")
-            ref = getattr(out, f"_{key}")
+            shape, dtype = shapes[key]
             val = state[key]
-            if not isinstance(val, torch.Tensor) or val.shape != ref.shape:
-                shape = tuple(val.shape) if isinstance(val, torch.Tensor) else type(val).__name__
-                raise ValueError(f"state {key!r}: expected shape {tuple(ref.shape)}, got {shape}")
-            setattr(out, f"_{key}", val.to(device=out.device, dtype=ref.dtype).clone())
+            if not isinstance(val, torch.Tensor) or tuple(val.shape) != shape:
+                got = tuple(val.shape) if isinstance(val, torch.Tensor) else type(val).__name__
+                raise ValueError(f"state {key!r}: expected shape {shape}, got {got}")
+            vals[key] = val.to(device=out.device, dtype=dtype).clone()
+        out._counts = vals["counts"]
+        out._zero_norm = vals["zero_norm"]
+        out._refs = torch.cat([vals["means"], vals["unit_means"]], dim=1)
+        out._acc[:, 2 * d] = vals["class_m2"]
+        out._acc[:, 2 * d + 1] = vals["unit_m2"]
+        out._scatter = vals["scatter"]
+        if track:
+            out._class_scatter = vals["class_scatter"]
         return out
 
     def __repr__(self) -> str:

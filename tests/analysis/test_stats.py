@@ -482,11 +482,21 @@ def test_state_dict_round_trip(tmp_path, track: bool) -> None:
     assert (reloaded.num_classes, reloaded.dim, reloaded.track_class_scatter) == (5, 4, track)
     assert_states_identical(reloaded.state_dict(), stats.state_dict())
 
-    # Updating after the reload continues exactly like the original object.
+    # Updating after the reload continues like the original object, to round-off: the state
+    # holds reference-free statistics, so the reload shifts by the class means where the
+    # original shifts by its first batch's means (both exact in exact arithmetic).
     rest = [np.arange(half, half + 13), np.arange(half + 13, y.size)]
     feed(stats, x, y, rest)
     feed(reloaded, x, y, rest)
-    assert_states_identical(reloaded.state_dict(), stats.state_dict())
+    continued, original = reloaded.state_dict(), stats.state_dict()
+    assert continued.keys() == original.keys()
+    for key, value in original.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            assert_close(continued[key], value.numpy(), 1e-13)
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(continued[key], value), key
+        else:
+            assert continued[key] == value, key
     ref = reference_stats(x, y, 5)
     assert_close(reloaded.within_cov, ref["within"], 1e-12)
     assert_close(reloaded.unit_sq_dev, ref["unit_sq_dev"], 1e-12)
