@@ -149,6 +149,60 @@ def _distance_to_etf_gram(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.sqrt(max(total, 0.0))
 
 
+class _GramPass:
+    r"""Pairwise sums of one matrix of rows ``v`` ``[K, D]``, from one pass over its Gram matrix.
+
+    :math:`G = VV^\top` is formed once, in upper row blocks (it is symmetric) of at most
+    ``_BLOCK_ELEMENTS`` entries, and every requested pairwise metric reads each block:
+
+    * ``cosines``: :math:`\sum_{c\ne c'} |G_{cc'}/(\|v_c\|\|v_{c'}\|) + 1/(K-1)|`
+      (equiangularity, ``mean_abs``);
+    * ``etf``: :math:`\|G/\|G\|_F - E_K\|_F^2` (ETF error), :math:`\|G\|_F^2 =
+      \langle V^\top V, V^\top V\rangle` formed in :math:`D\times D`;
+    * ``cdnv``: :math:`\sum_{c<c'} (\sigma_c^2+\sigma_{c'}^2) / (2\|v_c-v_{c'}\|^{2e})`
+      with :math:`\|v_c-v_{c'}\|^2 = G_{cc}+G_{c'c'}-2G_{cc'}`, pairs where that cancels
+      recomputed from the rows (:func:`_pair_sq_dists`); distances do not depend on how
+      ``v`` is centred.
+
+    So :func:`collapse_metrics` costs one :math:`K\times K\times D` product for the class
+    means and one for the classifier rows, whatever the number of pairwise metrics.
+    """
+
+    def __init__(
+        self,
+        v: torch.Tensor,
+        *,
+        cosines: bool = False,
+        etf: bool = False,
+        cdnv_var: torch.Tensor | None = None,
+        exponent: int = 1,
+        classes: torch.Tensor | None = None,
+    ) -> None:
+        k = v.shape[0]
+        sq = v.square().sum(1)
+        inv_norm = 1.0 / torch.linalg.vector_norm(v, dim=1) if cosines else None
+        gram_norm = 0.0
+        if etf:
+            gram_norm = math.sqrt(max(float((v.T @ v).square().sum()), 0.0))
+            if gram_norm == 0:
+                raise ValueError("the Gram matrix is zero")
+        self.cosine_sum = 0.0
+        self.etf_sq = 0.0
+        self.cdnv_sum = 0.0
+        for start, stop in _row_blocks(k):
+            g = v[start:stop] @ v[start:].T  # upper row block [r, K − start]
+            if cosines and inv_norm is not None:
+                c = g * inv_norm[start:stop, None] * inv_norm[None, start:] + 1.0 / (k - 1)
+                c.diagonal().zero_()
+                self.cosine_sum += _symmetric_sum(c.abs_())
+            if etf:
+                diff = (g / gram_norm - _etf_block(start, stop, start, k, g)).square_()
+                self.etf_sq += _symmetric_sum(diff)
+            if cdnv_var is not None:
+                d2 = _pair_sq_dists(v, sq, start, stop, gram=g)
+                self.cdnv_sum += _cdnv_block(d2, cdnv_var, start, stop, exponent, classes)
+
+
 def _pinv_sym(a: torch.Tensor) -> torch.Tensor:
     r"""Pseudo-inverse of a symmetric PSD matrix by eigh.
 
@@ -162,14 +216,24 @@ def _pinv_sym(a: torch.Tensor) -> torch.Tensor:
     return (evecs * inv) @ evecs.T
 
 
-def _pair_sq_dists(mu: torch.Tensor, sq: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+def _pair_sq_dists(
+    mu: torch.Tensor,
+    sq: torch.Tensor,
+    start: int,
+    stop: int,
+    *,
+    gram: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Squared distances from rows ``start:stop`` of ``mu`` to rows ``start:``, ``[r, K-start]``.
 
-    Uses the Gram form, then recomputes by direct differences the pairs where it cancels
-    (distance² below 1e-4 of ‖a‖² + ‖b‖², relative error otherwise ≤ ~1e-12).
+    Uses the Gram form (``gram``: that block of ``mu muᵀ`` if already formed), then recomputes
+    by direct differences the pairs where it cancels (distance² below 1e-4 of ‖a‖² + ‖b‖²,
+    relative error otherwise ≤ ~1e-12).
     """
     scale = sq[start:stop, None] + sq[None, start:]
-    d2 = (scale - 2.0 * mu[start:stop] @ mu[start:].T).clamp(min=0)
+    if gram is None:
+        gram = mu[start:stop] @ mu[start:].T
+    d2 = (scale - 2.0 * gram).clamp(min=0)
     r, c = torch.nonzero(d2 <= 1e-4 * scale, as_tuple=True)
     for i in range(0, r.numel(), 1 << 16):
         rr, cc = r[i : i + (1 << 16)], c[i : i + (1 << 16)]
@@ -178,6 +242,16 @@ def _pair_sq_dists(mu: torch.Tensor, sq: torch.Tensor, start: int, stop: int) ->
 
 
 def _nuclear_norm(a: torch.Tensor) -> float:
+    """Sum of singular values; a wide or tall matrix is first reduced to its QR factor R.
+
+    Same singular values (R = QᵀA), but LAPACK's bidiagonalisation of a D×K matrix with
+    K ≫ D is memory bound: QR first is ~10× faster at D = 512, K = 10 000.
+    """
+    rows, cols = a.shape
+    if cols > 2 * rows:
+        a = torch.linalg.qr(a.T, mode="r").R
+    elif rows > 2 * cols:
+        a = torch.linalg.qr(a, mode="r").R
     return float(torch.linalg.svdvals(a).sum())
 
 
@@ -300,7 +374,7 @@ def equiangularity(
             yield block
 
     if reduction == "mean_abs":
-        return sum(_symmetric_sum(b.abs_()) for b in shifted_blocks()) / n
+        return _GramPass(v, cosines=True).cosine_sum / n
     if n < 2:
         return 0.0
     # two passes (mean, then squared deviations): a one-pass Σc² − (Σc)²/n cancels when the
@@ -331,7 +405,7 @@ def etf_error(
     0 exactly when the rows form a simplex ETF up to a common scale.
     """
     v = _vectors(stats, weight, of, global_mean)
-    return _distance_to_etf_gram(v, v)
+    return math.sqrt(max(_GramPass(v, etf=True).etf_sq, 0.0))
 
 
 # ---------------------------------------------------------------------------- NC3
@@ -399,20 +473,29 @@ def cdnv(stats: FeatureStats, *, exponent: Literal[1, 2] = 1, ddof: int = 0) -> 
     mu = stats.means[idx]
     mu = mu - mu.mean(0)
     var = stats.class_variance(ddof)[idx]
-    sq = mu.square().sum(1)
-    total = 0.0
-    for start, stop in _row_blocks(k):
-        # pairs c < c′ only: columns from `start`, lower triangle of the leading square masked
-        d2 = _pair_sq_dists(mu, sq, start, stop)
-        lower = torch.ones(stop - start, stop - start, dtype=torch.bool, device=mu.device).tril()
-        d2[:, : stop - start].masked_fill_(lower, math.inf)
-        if bool((d2 == 0).any()):
-            r, c = torch.nonzero(d2 == 0, as_tuple=True)
-            pair = (int(idx[int(r[0]) + start]), int(idx[int(c[0]) + start]))
-            raise ValueError(f"cdnv: the means of classes {pair} coincide")
-        num = var[start:stop, None] + var[None, start:]
-        total += float((num / d2.pow_(exponent)).sum()) / 2.0
+    total = _GramPass(mu, cdnv_var=var, exponent=exponent, classes=idx).cdnv_sum
     return total / (k * (k - 1) / 2)
+
+
+def _cdnv_block(
+    d2: torch.Tensor,
+    var: torch.Tensor,
+    start: int,
+    stop: int,
+    exponent: int,
+    classes: torch.Tensor | None,
+) -> float:
+    """CDNV sum over the pairs ``c < c′`` of the upper row block ``d2`` ``[r, K-start]``."""
+    # columns from `start`; the lower triangle of the leading square is masked
+    lower = torch.ones(stop - start, stop - start, dtype=torch.bool, device=d2.device).tril()
+    d2[:, : stop - start].masked_fill_(lower, math.inf)
+    if bool((d2 == 0).any()):
+        r, c = torch.nonzero(d2 == 0, as_tuple=True)
+        i, j = int(r[0]) + start, int(c[0]) + start
+        pair = (int(classes[i]), int(classes[j])) if classes is not None else (i, j)
+        raise ValueError(f"cdnv: the means of classes {pair} coincide")
+    num = var[start:stop, None] + var[None, start:]
+    return float((num / d2.pow_(exponent)).sum()) / 2.0
 
 
 # ---------------------------------------------------------------------------- distances to frames
@@ -664,20 +747,29 @@ def collapse_metrics(
     dict[str, float]
     """
     stats = _check_stats(stats)
-    stats.present_classes()  # emit the empty-class warning once, here
-    out: dict[str, float] = {
-        "nc1": nc1(stats),
-        "equinorm_means": equinorm(stats),
-        "equiangularity_means": equiangularity(stats),
-        "etf_error_means": etf_error(stats),
-        "etf_distance": etf_distance(stats),
-        "cdnv": cdnv(stats),
-        "intra_class_variability": intra_class_variability(stats),
-    }
+    idx = stats.present_classes()  # emit the empty-class warning once, here
+    k = idx.numel()
+    out: dict[str, float] = {"nc1": nc1(stats), "equinorm_means": equinorm(stats)}
+    # The pairwise metrics of the means (equiangularity, ETF error, CDNV) read one pass over
+    # the Gram matrix of the centred means; CDNV's distances do not depend on the centring.
+    means = _GramPass(
+        _vectors(stats, None, "means", "samples"),
+        cosines=True,
+        etf=True,
+        cdnv_var=stats.class_variance(0)[idx],
+        classes=idx,
+    )
+    pairs = k * (k - 1)
+    out["equiangularity_means"] = means.cosine_sum / pairs
+    out["etf_error_means"] = math.sqrt(max(means.etf_sq, 0.0))
+    out["etf_distance"] = etf_distance(stats)
+    out["cdnv"] = means.cdnv_sum / (pairs / 2)
+    out["intra_class_variability"] = intra_class_variability(stats)
     if weight is not None:
+        rows = _GramPass(_vectors(stats, weight, "weights", "samples"), cosines=True, etf=True)
         out["equinorm_weights"] = equinorm(stats, weight, of="weights")
-        out["equiangularity_weights"] = equiangularity(stats, weight, of="weights")
-        out["etf_error_weights"] = etf_error(stats, weight, of="weights")
+        out["equiangularity_weights"] = rows.cosine_sum / pairs
+        out["etf_error_weights"] = math.sqrt(max(rows.etf_sq, 0.0))
         out["self_duality"] = self_duality(stats, weight)
         if features is not None:
             out["ncc_mismatch"] = ncc_mismatch(features, weight, bias, train_stats=stats)

@@ -14,9 +14,13 @@ batches generated once and kept in memory:
     (update only if that module cannot be imported; the output says so).
 (c) ``two-pass``: pass 1 class sums and counts, pass 2 the centred within-class scatter
     Σ_i (x_i − μ_{y_i})(x_i − μ_{y_i})ᵀ in float64 -- the textbook exact method.
+(d) reference for many classes: (a) plus two K×K×D float64 Gram products (``M @ M.T`` of a
+    [K, D] matrix, timed), those of the class means and of the classifier rows that the
+    pairwise metrics of ``collapse_metrics`` (equiangularity, ETF error, CDNV) need.
 
-The last lines are machine-readable: ``ratio_vs_gemm=...`` ((b)/(a)) and
-``ratio_vs_two_pass=...`` ((b)/(c)).
+``--weight`` also passes a random classifier [K, D] to ``collapse_metrics`` (its metrics of
+the weights: one more Gram pass). The last lines are machine-readable: ``ratio_vs_gemm=...``
+((b)/(a)), ``ratio_vs_two_pass=...`` ((b)/(c)) and ``ratio_vs_gemm_gram=...`` ((b)/(d)).
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
     p.add_argument("--seed", type=int, default=0, help="data seed")
     p.add_argument(
+        "--weight",
+        action="store_true",
+        help="also pass a random classifier weight [K, D] to collapse_metrics",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="also print the time split between update and collapse_metrics, and the top "
@@ -75,7 +84,7 @@ def make_batches(n: int, dim: int, classes: int, batch: int, seed: int) -> Batch
     return out
 
 
-def load_collapse_metrics() -> tuple[Callable[[FeatureStats], Any] | None, str]:
+def load_collapse_metrics() -> tuple[Callable[..., Any] | None, str]:
     """``analysis.collapse.collapse_metrics`` imported lazily, or ``None`` and the reason."""
     try:
         from analysis.collapse import collapse_metrics
@@ -94,7 +103,11 @@ def run_gemm(batches: Batches, dim: int) -> torch.Tensor:
 
 
 def run_feature_stats(
-    batches: Batches, dim: int, classes: int, metrics: Callable[[FeatureStats], Any] | None
+    batches: Batches,
+    dim: int,
+    classes: int,
+    metrics: Callable[..., Any] | None,
+    weight: torch.Tensor | None = None,
 ) -> tuple[FeatureStats, float, float]:
     """Update over all batches, then the metrics; returns the stats and both times."""
     t0 = time.perf_counter()
@@ -103,7 +116,7 @@ def run_feature_stats(
         stats.update(x, y)
     t1 = time.perf_counter()
     if metrics is not None:
-        metrics(stats)
+        metrics(stats, weight)
     t2 = time.perf_counter()
     return stats, t1 - t0, t2 - t1
 
@@ -120,6 +133,10 @@ def run_two_pass(batches: Batches, dim: int, classes: int) -> torch.Tensor:
         xc = x.to(torch.float64) - means[y]
         scatter.addmm_(xc.T, xc)
     return scatter
+
+
+def run_gram(rows: torch.Tensor) -> torch.Tensor:
+    return rows @ rows.T
 
 
 def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -145,25 +162,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generated {len(batches)} float32 batches in {time.perf_counter() - t0:.2f} s")
 
     t_gemm, gram = best_of(args.repeats, lambda: run_gemm(batches, args.dim))
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    rows = torch.randn(args.classes, args.dim, generator=gen, dtype=torch.float64)
+    t_gram, _ = best_of(args.repeats, lambda: run_gram(rows))
+    weight = rows.to(torch.float32) if args.weight else None
     split: list[tuple[float, float]] = []
 
     def feature_stats() -> FeatureStats:
-        stats, t_update, t_metrics = run_feature_stats(batches, args.dim, args.classes, metrics)
+        stats, t_update, t_metrics = run_feature_stats(
+            batches, args.dim, args.classes, metrics, weight
+        )
         split.append((t_update, t_metrics))
         return stats
 
     t_fs, stats = best_of(args.repeats, feature_stats)
     t_two, scatter = best_of(args.repeats, lambda: run_two_pass(batches, args.dim, args.classes))
 
-    label_b = "FeatureStats.update + collapse_metrics"
+    t_ref = t_gemm + 2 * t_gram
+    label_b = "FeatureStats.update + collapse_metrics" + (" (+W)" if args.weight else "")
     if metrics is None:
         label_b = "FeatureStats.update only"
         print(f"note: analysis.collapse not importable ({why_not}); (b) times update only")
     print(f"(a) gemm baseline, float64 X^T X         : {t_gemm:8.3f} s")
     print(f"(b) {label_b:<38}: {t_fs:8.3f} s")
     print(f"(c) two-pass class scatter, float64      : {t_two:8.3f} s")
+    print(f"(d) (a) + 2 K×K×D Gram products          : {t_ref:8.3f} s (one Gram {t_gram:.3f} s)")
     print(f"(b)/(a) = {t_fs / t_gemm:.3f}")
     print(f"(b)/(c) = {t_fs / t_two:.3f}")
+    print(f"(b)/(d) = {t_fs / t_ref:.3f}")
 
     # Sanity: FeatureStats' within-class scatter equals the two-pass one.
     err = float((stats.within_scatter - scatter).abs().max() / scatter.abs().max())
@@ -184,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"ratio_vs_gemm={t_fs / t_gemm:.4f}")
     print(f"ratio_vs_two_pass={t_fs / t_two:.4f}")
+    print(f"ratio_vs_gemm_gram={t_fs / t_ref:.4f}")
     return 0
 
 

@@ -643,3 +643,103 @@ def test_many_classes_touch_only_present() -> None:
     # Σ_W equals the pooled within-class scatter of the batch.
     centred = x64 - means[y]
     torch.testing.assert_close(stats.within_scatter, centred.T @ centred, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------- shifted form
+def _collapsed(num_classes: int, dim: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Near collapse: class centres at distance 50, within-class σ = 1e-3."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((num_classes, dim))
+    centres *= 50.0 / np.linalg.norm(centres, axis=1, keepdims=True)
+    y = rng.integers(0, num_classes, size=n).astype(np.int64)
+    return centres[y] + 1e-3 * rng.standard_normal((n, dim)), y
+
+
+def test_shifted_form_near_collapse_many_classes_per_batch() -> None:
+    """Hundreds of classes per batch, most first seen with one or two rows, near collapse."""
+    num_classes, dim, n, batch = 2000, 24, 12000, 700
+    x, y = _collapsed(num_classes, dim, n, seed=31)
+    ref = reference_stats(x, y, num_classes)
+    stats = FeatureStats(num_classes, dim)
+    for start in range(0, n, batch):
+        stats.update(torch.from_numpy(x[start : start + batch]), y[start : start + batch])
+    present = ref["counts"] > 0
+    true_trace = float(np.trace(ref["within"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyClassWarning)
+        trace = float(torch.trace(stats.within_cov))
+    assert abs(trace - true_trace) / true_trace <= 1e-9
+    assert_close(stats.within_scatter / n, ref["within"], 1e-9)
+    assert_close(stats.class_variances[present], ref["var0"][present], 1e-9)
+    assert_close(stats.unit_sq_dev[present], ref["unit_sq_dev"][present], 1e-9)
+    assert_close(stats.means[present], ref["means"][present], 1e-14)
+    assert_close(stats.unit_means[present], ref["unit_means"][present], 1e-14)
+
+
+def test_merge_of_states_with_different_references_near_collapse() -> None:
+    """Shards see each class first in different batches, so their references differ."""
+    num_classes, dim, n = 12, 10, 6000
+    x, y = _collapsed(num_classes, dim, n, seed=32)
+    x = x + 1000.0  # a large common offset on top: references must be re-expressed exactly
+    ref = reference_stats(x, y, num_classes)
+    halves = [np.arange(0, n // 2), np.arange(n // 2, n)]
+    shards = []
+    for rows, batch in zip(halves, (97, 1000), strict=True):
+        part = FeatureStats(num_classes, dim, track_class_scatter=True)
+        for start in range(0, rows.size, batch):
+            idx = rows[start : start + batch]
+            part.update(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))
+        shards.append(part)
+    assert not torch.equal(shards[0]._refs, shards[1]._refs)  # the point of the test
+    merged = shards[0].merge(shards[1])
+    true_trace = float(np.trace(ref["within"]))
+    assert abs(float(torch.trace(merged.within_cov)) - true_trace) / true_trace <= 1e-9
+    assert_close(merged.within_cov, ref["within"], 1e-9)
+    assert_close(merged.within_covariance("balanced"), ref["within_balanced"], 1e-9)
+    assert_close(merged.class_variances, ref["var0"], 1e-9)
+    assert_close(merged.unit_sq_dev, ref["unit_sq_dev"], 1e-9)
+    assert_close(merged.means, ref["means"], 1e-14)
+    # merging into a state loaded from a state_dict (references = class means) agrees too
+    reloaded = FeatureStats.from_state_dict(shards[1].state_dict())
+    first = FeatureStats(num_classes, dim, track_class_scatter=True)
+    feed(first, x, y, [halves[0][:1500], halves[0][1500:]])
+    reloaded.merge(first)
+    _assert_stats_close(reloaded, merged, 1e-9)
+
+
+def test_load_version_1_state() -> None:
+    """A version-1 state (reference-free statistics, e.g. from a results database) loads,
+    gives back the same statistics and keeps accumulating exactly."""
+    num_classes, dim = 5, 4
+    x, y = imbalanced_data(num_classes, dim, seed=33)
+    x = x + 30.0
+    half = y.size // 2
+    first = reference_stats(x[:half], y[:half], num_classes)
+    present = first["counts"] > 0
+    scatter = first["within_scatter"]
+    v1 = {
+        "version": 1,
+        "num_classes": num_classes,
+        "dim": dim,
+        "track_class_scatter": False,
+        "counts": torch.from_numpy(first["counts"]),
+        "means": torch.from_numpy(first["means"]),
+        "scatter": torch.from_numpy(scatter + 1e-15 * np.triu(scatter, 1)),  # v1 stored P raw
+        "class_m2": torch.from_numpy(first["var0"] * first["counts"]),
+        "unit_means": torch.from_numpy(first["unit_means"]),
+        "unit_m2": torch.from_numpy(first["unit_sq_dev"]),
+        "zero_norm": torch.tensor(0),
+    }
+    stats = FeatureStats.from_state_dict(v1)
+    assert_close(stats.means[present], first["means"][present], 0.0)
+    assert_close(stats.within_scatter, scatter, 1e-15)
+    assert_close(stats.unit_means, first["unit_means"], 0.0)
+    assert_close(stats.unit_sq_dev, first["unit_sq_dev"], 0.0)
+    feed(stats, x, y, [np.arange(half, y.size)])
+    full = reference_stats(x, y, num_classes)
+    assert_close(stats.within_cov, full["within"], 1e-12)
+    assert_close(stats.class_variances, full["var0"], 1e-12)
+    assert_close(stats.unit_sq_dev, full["unit_sq_dev"], 1e-12)
+    assert_close(stats.means, full["means"], 1e-13)
+    with pytest.raises(ValueError, match="version"):
+        FeatureStats.from_state_dict(dict(v1, version=2))
