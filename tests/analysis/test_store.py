@@ -169,9 +169,13 @@ def _tensor_equal(a: Any, b: Any) -> bool:
 
 def _cli_process(args: list[str], *, slow: bool = False) -> subprocess.Popen[str]:
     head = ["-c", SLOW_CLI] if slow else ["-m", "analysis.cli"]
+    # a SIGKILLed process cannot remove its spill files: keep them beside its OUT
+    out = Path(args[args.index("--out") + 1]) if "--out" in args else None
+    tmp = {"TMPDIR": str(out.parent)} if out is not None else {}
     return subprocess.Popen(
         [sys.executable, *head, *args],
         cwd=REPO,
+        env={**os.environ, **tmp},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
