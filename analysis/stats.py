@@ -113,6 +113,7 @@ Within = Literal["samples", "balanced"]
 _STATE_VERSION = 1
 _TENSOR_KEYS = ("counts", "means", "scatter", "class_m2", "unit_means", "unit_m2", "zero_norm")
 _CHUNK_ELEMENTS = 1 << 18  # rows × D of one chunk of a batch on CPU (2 MiB of float64: L2)
+_INDEX_ROWS = 512  # rows per index_add_ call
 
 
 class EmptyClassWarning(UserWarning):
@@ -249,7 +250,7 @@ class FeatureStats:
         classes, inverse, m = torch.unique_consecutive(
             labels_sorted, return_inverse=True, return_counts=True
         )
-        refs = self._refs[classes]  # [U, 2D]: r_c | ρ_c of the batch's classes
+        refs = self._refs.index_select(0, classes)  # [U, 2D]: r_c | ρ_c of the batch's classes
         new = self._counts[classes] == 0
         if bool(new.any()):
             # A class seen for the first time takes as references its means in this batch.
@@ -267,25 +268,10 @@ class FeatureStats:
         sums = torch.zeros(classes.numel(), 2 * dim + 2, dtype=f64, device=self.device)
         zero_rows = torch.zeros((), dtype=torch.int64, device=self.device)
         for start in range(0, b, step):  # chunks that stay in cache
-            stop = min(b, start + step)
-            xk, rk, wk = chunk_x[: stop - start], chunk_ref[: stop - start], work[start:stop]
-            if src.dtype == f64:
-                torch.index_select(src, 0, order[start:stop], out=xk)
-            else:
-                xk.copy_(src.index_select(0, order[start:stop]))
-            inv = inverse[start:stop]
-            torch.index_select(refs, 0, inv, out=rk)
-            norms = _row_norms(xk, x_in)
-            zero = norms == 0
-            zero_rows += zero.sum()
-            torch.sub(xk, rk[:, :dim], out=wk[:, :dim])
-            xk.div_(torch.where(zero, torch.ones_like(norms), norms)[:, None])  # x̂
-            torch.sub(xk, rk[:, dim:], out=wk[:, dim : 2 * dim])
-            wk[:, 2 * dim] = torch.linalg.vector_norm(wk[:, :dim], dim=1).square_()
-            wk[:, 2 * dim + 1] = torch.linalg.vector_norm(wk[:, dim : 2 * dim], dim=1).square_()
-            first, last = int(inv[0]), int(inv[-1])
-            lengths = torch.bincount(inv - first, minlength=last - first + 1)
-            sums[first : last + 1] += torch.segment_reduce(wk, "sum", lengths=lengths)
+            zero_rows += self._chunk(
+                src, x_in, order, inverse, refs, sums, work, chunk_x, chunk_ref, start, step
+            )
+        sums[:, dim : 2 * dim].neg_()
 
         z = work[:b, :dim]
         class_scatter = None
@@ -297,10 +283,56 @@ class FeatureStats:
         if class_scatter is not None and self._class_scatter is not None:
             self._class_scatter[classes] += class_scatter
         self._refs[classes[new]] = refs[new]
-        self._acc[classes] += sums
+        for start in range(0, classes.numel(), _INDEX_ROWS):
+            # index_add_ of many rows at once is slow on CPU (~20 ns/element), of a few fast
+            stop = start + _INDEX_ROWS
+            self._acc.index_add_(0, classes[start:stop], sums[start:stop])
         self._counts[classes] += m
         self._zero_norm += zero_rows
         self._changed()
+
+    def _chunk(
+        self,
+        src: torch.Tensor,
+        x_in: torch.Tensor,
+        order: torch.Tensor,
+        inverse: torch.Tensor,
+        refs: torch.Tensor,
+        sums: torch.Tensor,
+        work: torch.Tensor,
+        chunk_x: torch.Tensor,
+        chunk_ref: torch.Tensor,
+        start: int,
+        step: int,
+    ) -> torch.Tensor:
+        """Rows ``start : start + step`` of the sorted batch into ``work`` and ``sums``.
+
+        Returns the number of all-zero rows among them.
+        """
+        dim, b, f64 = self.dim, work.shape[0], torch.float64
+        stop = min(b, start + step)
+        xk, rk, wk = chunk_x[: stop - start], chunk_ref[: stop - start], work[start:stop]
+        if src.dtype == f64:
+            torch.index_select(src, 0, order[start:stop], out=xk)
+        else:
+            xk.copy_(src.index_select(0, order[start:stop]))
+        inv = inverse[start:stop]
+        torch.index_select(refs, 0, inv, out=rk)
+        norms = _row_norms(xk, x_in)
+        zero = norms == 0
+        # z = x − r, and ρ − x̂ (sign flipped, undone by the caller: one pass instead of two)
+        torch.sub(xk, rk[:, :dim], out=wk[:, :dim])
+        torch.addcdiv(
+            rk[:, dim:],
+            xk,
+            torch.where(zero, torch.ones_like(norms), norms)[:, None],
+            value=-1.0,
+            out=wk[:, dim : 2 * dim],
+        )
+        wk[:, 2 * dim] = torch.linalg.vector_norm(wk[:, :dim], dim=1).square_()
+        wk[:, 2 * dim + 1] = torch.linalg.vector_norm(wk[:, dim : 2 * dim], dim=1).square_()
+        sums.index_add_(0, inv, wk)  # sorted rows, in cache: cheap
+        return zero.sum()
 
     def _workspace(self, rows: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Reusable float64 buffers: repeated 16 MB allocations (page faults) cost as much as the
