@@ -15,6 +15,7 @@ that need a classifier are omitted and listed).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +26,21 @@ __all__ = ["FeatureCapture", "Head", "classifier_of", "find_head", "num_classes_
 
 
 def _geomtools_heads() -> tuple[type[nn.Module], ...]:
-    from geomtools.nn import FixedFrameHead, GrassmannHead
+    """The geomtools head classes *that are loaded*.
 
-    return (FixedFrameHead, GrassmannHead)
+    A model can only hold a head whose module was imported, so an unloaded module is skipped
+    instead of imported (``geomtools.nn`` pulls in geoopt and scipy: ~0.5 s for a model that
+    has no geomtools head).
+    """
+    heads: list[type[nn.Module]] = []
+    for module, name in (
+        ("geomtools.nn.frame_head", "FixedFrameHead"),
+        ("geomtools.nn.gcr", "GrassmannHead"),
+    ):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            heads.append(getattr(loaded, name))
+    return tuple(heads)
 
 
 @dataclass
@@ -40,9 +53,12 @@ class Head:
 
 
 def _head(name: str, module: nn.Module) -> Head:
-    from geomtools.nn import FixedFrameHead
-
-    if isinstance(module, FixedFrameHead) and module.transform is not None:
+    frame_head = sys.modules.get("geomtools.nn.frame_head")
+    if (
+        frame_head is not None
+        and isinstance(module, frame_head.FixedFrameHead)
+        and module.transform is not None
+    ):
         return Head(name, module, module.transform)
     return Head(name, module)
 
@@ -105,12 +121,11 @@ def classifier_of(
     frame, no bias; anything else (a GCR head, an intermediate layer): ``(None, None, reason)``
     and the metrics that need classifier rows are omitted with that reason.
     """
-    from geomtools.nn import FixedFrameHead, GrassmannHead
-
     m = head.module
-    if isinstance(m, FixedFrameHead):
+    frame_head, gcr = (sys.modules.get(f"geomtools.nn.{n}") for n in ("frame_head", "gcr"))
+    if frame_head is not None and isinstance(m, frame_head.FixedFrameHead):
         return m.weight.detach().double().cpu(), None, ""
-    if isinstance(m, GrassmannHead):
+    if gcr is not None and isinstance(m, gcr.GrassmannHead):
         return None, None, "a GrassmannHead has subspaces, not classifier rows"
     if isinstance(m, nn.Linear):
         if m.out_features != num_classes:
