@@ -21,6 +21,8 @@ so a change of load on a shared machine hits them alike), torch's default thread
     once with the default spill budget (one forward per sample) and once with
     ``--spill-budget 0`` (the train split forwarded a second time for NC4: the old path);
 (b) ``python -m analysis.cli --help`` as a subprocess: interpreter + import start-up;
+(a4) the same over a folder of four checkpoints: ``((a4) − (a)) / 3`` is the cost of each
+    further checkpoint, once the process is warm;
 (c) in this process: ``build()``, the checkpoint loaded, ``model.eval()``, then under
     ``torch.inference_mode()`` every batch of the train and then the test loader of
     ``splits()`` through the model (the forward pass only).
@@ -188,6 +190,9 @@ def write_setup(root: Path, args: argparse.Namespace) -> Path:
     (root / "ck").mkdir()
     ck = root / "ck" / "epoch1.pt"
     torch.save({"model": model.state_dict(), "epoch": 1}, ck)
+    (root / "ck4").mkdir()  # four checkpoints: the marginal cost of one more checkpoint
+    for e in range(1, 5):
+        torch.save({"model": model.state_dict(), "epoch": e}, root / "ck4" / f"epoch{e}.pt")
     return ck
 
 
@@ -215,10 +220,10 @@ def child(root: Path, *argv: str) -> tuple[str, float]:
     return proc.stdout, cpu
 
 
-def analyze(root: Path, out: str, *extra: str) -> float:
-    """One ``analyze`` of the checkpoint into a fresh ``OUT``; its CPU seconds."""
+def analyze(root: Path, out: str, *extra: str, folder: str = "ck") -> float:
+    """One ``analyze`` of ``folder`` into a fresh ``OUT``; its CPU seconds."""
     shutil.rmtree(root / out, ignore_errors=True)
-    return child(root, "-m", "analysis.cli", "analyze", "ck", "--model", "benchnet:build",
+    return child(root, "-m", "analysis.cli", "analyze", folder, "--model", "benchnet:build",
                  "--data", "benchnet:splits", "--out", out, "--no-progress", *extra)[1]  # fmt: skip
 
 
@@ -270,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         methods: dict[str, Callable[[int], float]] = {
             "a": lambda i: analyze(root, f"out-one-pass-{i}"),
             "a0": lambda i: analyze(root, f"out-two-pass-{i}", "--spill-budget", "0"),
+            "a4": lambda i: analyze(root, f"out-four-{i}", folder="ck4"),
             "b": lambda _: child(root, "-m", "analysis.cli", "--help")[1],
             "c": infer,
             "c1": cold_pass,
@@ -287,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = {
             "a": "(a)  analyze, default spill budget (one pass)",
             "a0": "(a0) analyze, --spill-budget 0 (two passes)",
+            "a4": "(a4) analyze, 4 checkpoints (one pass each)",
             "b": "(b)  python -m analysis.cli --help",
             "c": "(c)  inference pass, train + test, in process",
             "c1": "(c1) the same, first pass of a fresh process",
@@ -302,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"((a0) - (b)) / (c)  = {ratio0:.3f}   wall, old two-pass path")
         print(f"((a)  - (b)) / (c)  = {cpu_ratio:.3f}   CPU seconds")
         print(f"((a)  - (b)) / (c1) = {(wall['a'] - wall['b']) / wall['c1']:.3f}   wall, cold pass")
+        marginal = (wall["a4"] - wall["a"]) / 3 / wall["c"]
+        print(f"((a4) - (a)) / 3 / (c) = {marginal:.3f}   wall, each further checkpoint")
+        print(f"ratio_marginal={marginal:.4f}")
         if args.keep:
             print(f"kept: {root}")
         print(f"ratio_two_pass={ratio0:.4f}")
