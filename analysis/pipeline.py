@@ -426,7 +426,7 @@ def _analyze_run(
             loaders,
             num_classes,
             layers=run.layers,
-            pool=run.pool,  # type: ignore[arg-type]
+            pool=run.pool,
             device=opts.device,
             progress=opts.progress,
             similarity=run.similarity,

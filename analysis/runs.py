@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from analysis.checkpoints import CHECKPOINT_SUFFIXES, list_checkpoints
 
@@ -96,7 +96,7 @@ class RunSpec:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_kwargs: dict[str, Any] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
-    pool: str = "avg"
+    pool: Literal["avg", "max", "flatten"] = "avg"
     weights: str = "model"
     num_classes: int | None = None
     model_label: str | None = None
