@@ -29,7 +29,7 @@ Definitions (all counted in edges):
     d_{\text{path}}(a, b) &= \operatorname{depth}(a) + \operatorname{depth}(b)
         - 2\operatorname{depth}(v),
 
-all 0 on the diagonal. ``"height"`` is the project convention (``CONVENTIONS.md``, "Hierarchy
+all 0 on the diagonal. ``"height"`` is the project convention (``docs/conventions.md``, "Hierarchy
 metrics"; the mistake severity of Bertinetto et al. 2020 and the :math:`h_{ij}` of HAFrame,
 Liang & Davis 2023). ``"max_path"`` counts edges from the deeper of the two classes up to the
 LCA; ``"path"`` is the tree (shortest-path) distance, a metric. When every leaf has the same

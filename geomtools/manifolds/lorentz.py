@@ -1,6 +1,7 @@
 r"""Helpers for geoopt's Lorentz (hyperboloid) model.
 
-Convention (geoopt's, see CONVENTIONS.md): a point :math:`x = (x_0, x_s)\in\mathbb R^{d+1}`
+Convention (geoopt's; ``docs/conventions.md``, section "Lorentz"): a point
+:math:`x = (x_0, x_s)\in\mathbb R^{d+1}`
 satisfies :math:`\langle x, x\rangle_{\mathcal L} = -x_0^2 + \|x_s\|^2 = -k` with
 :math:`x_0 > 0`; the curvature is :math:`-1/k` and the origin is
 :math:`(\sqrt k, 0, \dots, 0)`. ``k`` is the parameter of :class:`geoopt.Lorentz`
