@@ -1,6 +1,8 @@
 """Independent brute-force float64 reference for the neural-collapse metrics.
 
-Written from ``CONVENTIONS.md`` and ``docs/api_spec_foundation.md`` only, without looking at
+Written from the documented conventions and API only (now ``docs/conventions.md`` and
+``docs/metrics.md``; the API specification it was first written from is no longer in the
+repository), without looking at
 ``analysis/collapse.py`` or ``analysis/variability.py``: the point is to have a second,
 independent implementation to test against. Everything here works on raw numpy arrays
 ``X [N, D]``, ``y [N]``, ``W [K_total, D]``, ``b [K_total]`` in float64 with explicit loops

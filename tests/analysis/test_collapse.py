@@ -1,6 +1,6 @@
 """analysis.collapse against the independent brute-force reference in ``reference.py``.
 
-The reference is derived from CONVENTIONS.md and the documented API only. Every public
+The reference is derived from docs/conventions.md and the documented API only. Every public
 function and variant of the spec is compared on small random data (balanced, K > D, imbalanced
 with a singleton class), on exact simplex-ETF features (metrics vanish), under rotations and
 label permutations (metrics unchanged), against sklearn's Calinski–Harabasz score, with an
@@ -309,7 +309,7 @@ def hierarchy_similarity(groups: list[int], gamma: float = 2.0) -> np.ndarray:
     """HAFrame-style S(s) = (1 − s)E + s11ᵀ at the exact PSD boundary (singular, rank K − 1).
 
     Two-level tree: h = 0 on the diagonal, 1 within a group, 2 across groups;
-    E = exp(−γ h / max h) and s = −1/(1ᵀE⁻¹1 − 1) (CONVENTIONS.md, Frames).
+    E = exp(−γ h / max h) and s = −1/(1ᵀE⁻¹1 − 1) (docs/conventions.md, Frames).
     """
     lab = np.repeat(np.arange(len(groups)), groups)
     h = np.where(lab[:, None] == lab[None, :], 1.0, 2.0)

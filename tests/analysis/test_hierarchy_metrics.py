@@ -1,6 +1,6 @@
 """analysis.hierarchy.HierarchicalMetrics against brute-force loops over samples.
 
-The brute force below is written from the documented definitions only (CONVENTIONS.md,
+The brute force below is written from the documented definitions only (docs/conventions.md,
 "Hierarchy metrics", and the class docstring): random trees, LCA heights by walking ancestors,
 rankings by Python ``sorted`` with explicit keys, CRM risks in exact rational arithmetic.
 """

@@ -175,7 +175,7 @@ def test_eigenvalues_match_two_pass_covariances(name: str) -> None:
 
 
 def test_eigenvalues_near_collapse_are_accurate() -> None:
-    # class offset 50, within-class σ = 1e-3 (CONVENTIONS: exact in float64 near collapse)
+    # class offset 50, within-class σ = 1e-3: exact in float64 near collapse (docs/conventions.md)
     rng = np.random.default_rng(11)
     k, d, n = 4, 5, 200
     y = np.repeat(np.arange(k), n // k)

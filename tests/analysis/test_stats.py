@@ -17,7 +17,7 @@ STATE_KEYS = ("counts", "means", "scatter", "class_m2", "unit_means", "unit_m2",
 
 # ---------------------------------------------------------------------------- reference
 def reference_stats(x: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, object]:
-    """Dense two-pass float64 statistics with explicit per-class loops (CONVENTIONS.md)."""
+    """Dense two-pass float64 statistics with explicit per-class loops (docs/conventions.md)."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y)
     n_total, dim = x.shape
