@@ -736,7 +736,7 @@ def collapse_metrics(
 ) -> dict[str, float]:
     """Every neural-collapse metric with its default convention, under stable keys.
 
-    Keys (CONVENTIONS.md): ``nc1``, ``equinorm_means``, ``equiangularity_means``,
+    Keys (``docs/conventions.md``): ``nc1``, ``equinorm_means``, ``equiangularity_means``,
     ``etf_error_means``, ``etf_distance``, ``cdnv``, ``intra_class_variability``; with
     ``weight``: ``equinorm_weights``, ``equiangularity_weights``, ``etf_error_weights``,
     ``self_duality``; with ``weight`` and ``features`` (an evaluation split, ``stats`` being the

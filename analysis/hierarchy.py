@@ -132,7 +132,7 @@ class HierarchicalMetrics:
     ``num_mistakes``, ``num_samples``
         :math:`M = \sum_i \mathbb 1[\pi_{i1} \ne y_i]` and :math:`N` (ints).
     ``mistake_severity``
-        :math:`\frac1M \sum_{i:\,\pi_{i1} \ne y_i} d(\pi_{i1}, y_i)` (CONVENTIONS.md;
+        :math:`\frac1M \sum_{i:\,\pi_{i1} \ne y_i} d(\pi_{i1}, y_i)` (``docs/conventions.md``;
         Bertinetto et al. [1]_ "hierarchical distance of a mistake"). **Omitted when**
         :math:`M = 0` (it is undefined, and a NaN would poison averages downstream); check
         ``num_mistakes``. A mistake is :math:`\pi_{i1} \ne y_i`; the reference code [1]_ tests

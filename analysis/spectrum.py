@@ -17,8 +17,8 @@ computation is in float64; inputs may have any floating dtype and live on any de
   spectrum by least squares in log–log coordinates, with :math:`R^2`.
 * :func:`spectrum_metrics` — all of the above under stable keys.
 
-Conventions (``CONVENTIONS.md``, section "Spectra")
----------------------------------------------------
+Conventions (``docs/conventions.md``, section "Spectra")
+--------------------------------------------------------
 Eigenvalues are returned in descending order as float64 tensors on the input's device.
 They are returned *as computed*: the eigenvalues of a positive semi-definite matrix that are
 exactly zero come out as round-off of either sign (about :math:`D\,\varepsilon\,\lambda_{\max}`).

@@ -72,7 +72,7 @@ state version 1, so states of shards with different references compare and merge
 :meth:`FeatureStats.from_state_dict` takes :math:`r_c = \mu_c` (:math:`s_c = 0`,
 :math:`P = S_W`, :math:`q_c` the class's sum of squares).
 
-Conventions (see ``CONVENTIONS.md`` and ``docs/conventions.md``)
+Conventions (``docs/conventions.md``, section "Class statistics")
 -----------------------------------------------------------------
 ``global_mean="samples"`` (default) :math:`\mu_G = \frac1N \sum_i x_i`;
 ``global_mean="classes"`` :math:`\mu_G = \frac1K \sum_c \mu_c`.
