@@ -26,12 +26,13 @@ References
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import torch
 
 from analysis._checks import as_tensor, check_features, check_finite, check_labels
+from analysis._state import read_state, require_distributed
 from analysis.stats import FeatureStats, GlobalMean, Within
 from analysis.variability import intra_class_variability
 
@@ -586,6 +587,9 @@ def frame_distance(
 
 
 # ---------------------------------------------------------------------------- NC4
+_NCC_STATE_VERSION = 1
+
+
 class NCCMismatch:
     r"""Streaming NC4: disagreement between the classifier and the nearest class centre.
 
@@ -598,7 +602,9 @@ class NCCMismatch:
     this accumulator from the training ``FeatureStats`` and feed it the features of the split
     being evaluated, batch by batch. Both argmax and argmin run over the classes present in the
     means' statistics (classes without training samples have no centre). Ties resolve to the
-    lowest class index. State (two counts) is sum-reducible: :meth:`merge`.
+    lowest class index. The running state is two counts, sum-reducible: :meth:`merge`,
+    :meth:`all_reduce`; :meth:`state_dict` also carries what rebuilds the accumulator (centres,
+    present classes, classifier rows and bias, or the ``decisions`` mode).
 
     Parameters
     ----------
@@ -623,6 +629,7 @@ class NCCMismatch:
             stats.update(mu, torch.arange(mu.shape[0], device=mu.device))
         idx = stats.present_classes()
         _min_classes(idx.numel(), "ncc_mismatch")
+        self.num_classes = stats.num_classes
         self.dim = stats.dim
         self.device = stats.device
         self._present = idx
@@ -634,6 +641,10 @@ class NCCMismatch:
             if bias is not None
             else torch.zeros(idx.numel(), dtype=torch.float64, device=self.device)
         )
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all samples (counts back to zero; centres and classifier kept)."""
         self.mismatches = 0
         self.total = 0
 
@@ -662,10 +673,111 @@ class NCCMismatch:
         self.total += x.shape[0]
 
     def merge(self, other: NCCMismatch) -> NCCMismatch:
-        """Add another accumulator's counts (same means and classifier); returns ``self``."""
+        """Add another accumulator's counts (same centres and classifier); returns ``self``."""
+        if not isinstance(other, NCCMismatch):
+            raise TypeError(f"can only merge an NCCMismatch, got {type(other).__name__}")
+        same = (
+            other.num_classes == self.num_classes
+            and torch.equal(other._present.to(self.device), self._present)
+            and torch.equal(other._centres.to(self.device), self._centres)
+            and (other._weight is None) == (self._weight is None)
+            and (
+                self._weight is None
+                or other._weight is None
+                or torch.equal(other._weight.to(self.device), self._weight)
+            )
+            and torch.equal(other._bias.to(self.device), self._bias)
+        )
+        if not same:
+            raise ValueError(
+                "cannot merge NCCMismatch accumulators with different centres or classifier"
+            )
         self.mismatches += other.mismatches
         self.total += other.total
         return self
+
+    @torch.no_grad()
+    def all_reduce(self, group: Any = None) -> NCCMismatch:
+        """Sum the counts of every rank of ``torch.distributed``; returns ``self``.
+
+        Every rank must hold the same centres and classifier (not checked).
+
+        Parameters
+        ----------
+        group : ProcessGroup, optional
+            Process group (default: the world).
+        """
+        dist = require_distributed("NCCMismatch")
+        counts = torch.tensor([self.mismatches, self.total], dtype=torch.int64, device=self.device)
+        dist.all_reduce(counts, group=group)
+        self.mismatches, self.total = int(counts[0]), int(counts[1])
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """State as CPU tensors and plain values, loadable with ``torch.load(weights_only=True)``.
+
+        Keys: ``version``, ``num_classes``, ``dim``, ``mode`` (``"classifier"`` or
+        ``"decisions"``), ``present`` int64 ``[P]``, ``centres`` float64 ``[P, D]``, ``bias``
+        float64 ``[P]``, ``weight`` float64 ``[P, D]`` (mode ``"classifier"`` only),
+        ``mismatches`` and ``total`` (ints).
+        """
+        state: dict[str, Any] = {
+            "version": _NCC_STATE_VERSION,
+            "num_classes": self.num_classes,
+            "dim": self.dim,
+            "mode": "decisions" if self._weight is None else "classifier",
+            "present": self._present.detach().cpu().clone(),
+            "centres": self._centres.detach().cpu().clone(),
+            "bias": self._bias.detach().cpu().clone(),
+            "mismatches": self.mismatches,
+            "total": self.total,
+        }
+        if self._weight is not None:
+            state["weight"] = self._weight.detach().cpu().clone()
+        return state
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, Any], *, device: torch.device | str | None = None
+    ) -> NCCMismatch:
+        """Rebuild from :meth:`state_dict`, checking version, keys and shapes."""
+        name = "NCCMismatch"
+        keys = ["num_classes", "dim", "mode", "present", "centres", "bias", "mismatches", "total"]
+        read_state(name, state, _NCC_STATE_VERSION, keys)
+        mode = state["mode"]
+        if mode not in ("classifier", "decisions"):
+            raise ValueError(
+                f"{name} state 'mode': expected 'classifier' or 'decisions', got {mode!r}"
+            )
+        k, d = state["num_classes"], state["dim"]
+        for key in ("num_classes", "dim", "mismatches", "total"):
+            val = state[key]
+            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+                raise ValueError(f"{name} state {key!r}: expected a non-negative int, got {val!r}")
+        present = state["present"]
+        p = int(present.shape[0]) if isinstance(present, torch.Tensor) and present.ndim == 1 else -1
+        shapes = {"present": (p,), "centres": (p, d), "bias": (p,)}
+        if mode == "classifier":
+            keys.append("weight")
+            shapes["weight"] = (p, d)
+        read_state(name, state, _NCC_STATE_VERSION, keys, shapes)
+        if p < 2 or bool(((present < 0) | (present >= k)).any()):
+            raise ValueError(f"{name} state 'present': expected >= 2 class indices in [0, {k})")
+        if state["mismatches"] > state["total"]:
+            raise ValueError(f"{name} state 'mismatches': more than 'total' = {state['total']}")
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        f64 = torch.float64
+        out = cls.__new__(cls)
+        out.num_classes, out.dim, out.device = k, d, dev
+        out._present = present.to(device=dev, dtype=torch.int64).clone()
+        out._centres = state["centres"].to(device=dev, dtype=f64).clone()
+        out._sq = out._centres.square().sum(1)
+        out._weight = (
+            state["weight"].to(device=dev, dtype=f64).clone() if mode == "classifier" else None
+        )
+        out._bias = state["bias"].to(device=dev, dtype=f64).clone()
+        out.mismatches, out.total = state["mismatches"], state["total"]
+        return out
 
     def compute(self) -> float:
         """Fraction of samples where the classifier and nearest-centre decisions differ."""

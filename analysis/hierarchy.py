@@ -8,7 +8,8 @@ non-negative matrix with a zero diagonal is accepted.
 :class:`HierarchicalMetrics` is a streaming accumulator: feed it ``(logits, labels)`` batch by
 batch (or ranked predictions with :meth:`HierarchicalMetrics.update_ranked`); every average runs
 over *all* samples fed (no dropped last batch), its state is a handful of float64 sums
-(sum-reducible: :meth:`~HierarchicalMetrics.merge`, ``state_dict``) and
+(sum-reducible: :meth:`~HierarchicalMetrics.merge`,
+:meth:`~HierarchicalMetrics.all_reduce`, ``state_dict``) and
 :meth:`~HierarchicalMetrics.compute` returns Python numbers under stable keys.
 
 Notation: :math:`N` samples with labels :math:`y_i`; :math:`\pi_{i1}, \pi_{i2}, \dots` the
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 
 from analysis._checks import as_tensor, check_finite, check_labels, first_indices
+from analysis._state import read_state, require_distributed
 
 __all__ = ["DEFAULT_KS", "HierarchicalMetrics", "check_distances"]
 
@@ -266,6 +268,35 @@ class HierarchicalMetrics:
             mine += getattr(other, f"_{key}").to(self.device)
         return self
 
+    @torch.no_grad()
+    def all_reduce(self, group: Any = None) -> HierarchicalMetrics:
+        """Sum the state of every rank of ``torch.distributed``; returns ``self``.
+
+        Every rank must hold the same distances, ``ks`` and ``crm`` (not checked: that would
+        cost a gather of :math:`K^2` values). One SUM all-reduce of the packed float64 sums plus
+        one of the int64 counts; afterwards every rank holds the sums of all ranks' samples.
+
+        Parameters
+        ----------
+        group : ProcessGroup, optional
+            Process group (default: the world).
+        """
+        dist = require_distributed("HierarchicalMetrics")
+        floats = [self._severity_sum, self._hdist_sum, self._hdist_min_sum, self._hprec_sum]
+        packed = torch.cat([t.reshape(-1) for t in floats])
+        dist.all_reduce(packed, group=group)
+        ints = torch.stack(
+            [self._num_mistakes, torch.tensor(self.num_samples, device=self.device)]
+        ).to(torch.int64)
+        dist.all_reduce(ints, group=group)
+        sizes = [t.numel() for t in floats]
+        parts = torch.split(packed, sizes)
+        self._severity_sum = parts[0].reshape(()).clone()
+        self._hdist_sum, self._hdist_min_sum, self._hprec_sum = (p.clone() for p in parts[1:])
+        self._num_mistakes = ints[0].clone()
+        self.num_samples = int(ints[1])
+        return self
+
     def _check_compatible(self, ks: tuple[int, ...], crm: bool, dist: torch.Tensor) -> None:
         if tuple(ks) != self.ks or crm != self.crm:
             raise ValueError(
@@ -296,27 +327,24 @@ class HierarchicalMetrics:
         cls, state: Mapping[str, Any], *, device: torch.device | str | None = None
     ) -> HierarchicalMetrics:
         """Rebuild from :meth:`state_dict`, checking keys, shapes and values."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
-        missing = [
-            k for k in ("distances", "ks", "crm", "num_samples", *_SUM_KEYS) if k not in state
-        ]
-        if missing:
-            raise ValueError(f"HierarchicalMetrics state_dict is missing keys {missing}")
-        if state.get("version", _STATE_VERSION) != _STATE_VERSION:
-            raise ValueError(f"unsupported HierarchicalMetrics state version {state['version']}")
+        read_state(
+            "HierarchicalMetrics",
+            state,
+            _STATE_VERSION,
+            ["distances", "ks", "crm", "num_samples", *_SUM_KEYS],
+        )
         out = cls(state["distances"], state["ks"], crm=bool(state["crm"]), device=device)
         n = state["num_samples"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"state 'num_samples' must be a non-negative int, got {n!r}")
+            raise ValueError(
+                f"HierarchicalMetrics state 'num_samples': expected a non-negative int, got {n!r}"
+            )
         out.num_samples = n
+        shapes = {key: tuple(getattr(out, f"_{key}").shape) for key in _SUM_KEYS}
+        read_state("HierarchicalMetrics", state, _STATE_VERSION, _SUM_KEYS, shapes)
         for key in _SUM_KEYS:
             ref = getattr(out, f"_{key}")
-            val = state[key]
-            if not isinstance(val, torch.Tensor) or val.shape != ref.shape:
-                shape = tuple(val.shape) if isinstance(val, torch.Tensor) else type(val).__name__
-                raise ValueError(f"state {key!r}: expected shape {tuple(ref.shape)}, got {shape}")
-            setattr(out, f"_{key}", val.to(device=out.device, dtype=ref.dtype).clone())
+            setattr(out, f"_{key}", state[key].to(device=out.device, dtype=ref.dtype).clone())
         if int(out._num_mistakes) > n:
             raise ValueError(f"state has {int(out._num_mistakes)} mistakes but {n} samples")
         return out

@@ -104,6 +104,7 @@ from typing import Any, Literal
 import torch
 
 from analysis._checks import check_features, check_finite, check_labels
+from analysis._state import read_state, require_distributed
 
 __all__ = ["EmptyClassWarning", "FeatureStats", "GlobalMean", "Within"]
 
@@ -118,6 +119,14 @@ _INDEX_ROWS = 512  # rows per index_add_ call
 
 class EmptyClassWarning(UserWarning):
     """Some classes have no samples; they are excluded from every metric."""
+
+
+def _int_key(state: Mapping[str, Any], key: str) -> int:
+    """A positive int configuration value of a FeatureStats state (one-line error otherwise)."""
+    val = state[key]
+    if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+        raise ValueError(f"FeatureStats state {key!r}: expected a positive int, got {val!r}")
+    return val
 
 
 def _row_norms(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -418,10 +427,7 @@ class FeatureStats:
         group : ProcessGroup, optional
             Process group (default: the world).
         """
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("torch.distributed is not initialised; call init_process_group")
+        dist = require_distributed("FeatureStats")
         d, k = self.dim, self.num_classes
         n = self._counts.to(torch.float64)
         counts = self._counts.clone()
@@ -699,14 +705,9 @@ class FeatureStats:
         The references become the class means (:math:`r_c = \mu_c`, :math:`s_c = 0`,
         :math:`P = S_W`): updates then continue exactly in that form.
         """
-        missing = [k for k in ("num_classes", "dim", *_TENSOR_KEYS) if k not in state]
-        if missing:
-            raise ValueError(f"FeatureStats state_dict is missing keys {missing}")
-        if state.get("version", _STATE_VERSION) != _STATE_VERSION:
-            raise ValueError(f"unsupported FeatureStats state version {state.get('version')}")
+        read_state("FeatureStats", state, _STATE_VERSION, ["num_classes", "dim"])
         track = bool(state.get("track_class_scatter", False))
-        k, d = int(state["num_classes"]), int(state["dim"])
-        out = cls(k, d, device=device, track_class_scatter=track)
+        k, d = _int_key(state, "num_classes"), _int_key(state, "dim")
         f64, i64 = torch.float64, torch.int64
         shapes = {
             "counts": ((k,), i64),
@@ -719,16 +720,17 @@ class FeatureStats:
             "class_scatter": ((k, d, d), f64),
         }
         keys = list(_TENSOR_KEYS) + (["class_scatter"] if track else [])
+        read_state(
+            "FeatureStats",
+            state,
+            _STATE_VERSION,
+            ["num_classes", "dim", *keys],
+            {key: shapes[key][0] for key in keys},
+        )
+        out = cls(k, d, device=device, track_class_scatter=track)
         vals: dict[str, torch.Tensor] = {}
         for key in keys:
-            if key not in state:
-                raise ValueError(f"FeatureStats state_dict is missing key {key!r}")
-            shape, dtype = shapes[key]
-            val = state[key]
-            if not isinstance(val, torch.Tensor) or tuple(val.shape) != shape:
-                got = tuple(val.shape) if isinstance(val, torch.Tensor) else type(val).__name__
-                raise ValueError(f"state {key!r}: expected shape {shape}, got {got}")
-            vals[key] = val.to(device=out.device, dtype=dtype).clone()
+            vals[key] = state[key].to(device=out.device, dtype=shapes[key][1]).clone()
         out._counts = vals["counts"]
         out._zero_norm = vals["zero_norm"]
         out._refs = torch.cat([vals["means"], vals["unit_means"]], dim=1)
