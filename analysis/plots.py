@@ -106,7 +106,7 @@ _RENDER_METRICS: tuple[str, ...] = (*DEFAULT_METRICS, "intra_class_variability")
 _METRIC_LABELS: dict[str, str] = {
     "nc1": r"NC1: $\mathrm{tr}(\Sigma_W \Sigma_B^{+})/K$",
     "equinorm_means": "equinorm (CV of class-mean norms)",
-    "equiangularity_means": "equiangularity (std of mean cosines)",
+    "equiangularity_means": "equiangularity\nmean |cos + 1/(K−1)|",
     "self_duality": "self-duality",
     "ncc_mismatch": "NCC mismatch",
     "intra_class_variability": "intra-class variability",
@@ -411,11 +411,13 @@ def nc_trajectories(
     The layout of Papyan, Han & Donoho 2020 [1]_, Figs. 2–6: each panel shows one metric
     (NC1 = tr(Σ_W Σ_B⁺)/K, equinorm, equiangularity, self-duality, NCC mismatch) against the
     epoch on a logarithmic y axis, with one curve per run. A run keeps its colour in every
-    panel; the legend is drawn once, in the first panel with data.
+    panel; one legend for the figure stands beside the panels (never on the curves).
 
-    Non-positive values cannot be shown on a log axis: they are skipped (the curve is drawn
-    through the remaining points) and the panel notes how many were skipped. A metric with no
-    rows for ``split`` gives a panel that says "no data".
+    Zeros cannot sit on a log axis, but an NCC mismatch of 0 is the key result: exact zeros
+    are drawn as ▼ markers on a floor one decade below the panel's smallest positive value,
+    and the panel says so. Negative values (impossible for these metrics but for round-off)
+    are skipped and counted in the note. A metric with no rows for ``split`` gives a panel that
+    says "no data".
 
     Parameters
     ----------
@@ -463,32 +465,50 @@ def nc_trajectories(
         else:
             axs = list(axes)
             fig = _figure_of(axs[0])
-        legend_done = False
+        handles: dict[str, Any] = {}
         for ax, metric in zip(axs, metrics, strict=True):
             ax.set_yscale("log")
             ax.set_title(_METRIC_LABELS.get(metric, metric))
             ax.set_xlabel(_X_LABELS[x_key])
-            n_skipped = 0
+            panel = [series[(r, split, metric)] for r in runs if (r, split, metric) in series]
+            positives = [ys[ys > 0] for _, ys in panel]
+            smallest = min((float(p.min()) for p in positives if p.size), default=None)
+            # an exact 0 (NCC mismatch reaching zero is the key result) is drawn as ▼ on a
+            # floor one decade below the smallest positive value, not dropped
+            floor = smallest / 10.0 if smallest is not None else None
+            n_negative = n_zero = 0
             drawn = False
             for run in runs:
                 if (run, split, metric) not in series:
                     continue
                 xs, ys = series[(run, split, metric)]
                 keep = ys > 0
-                n_skipped += int((~keep).sum())
-                if not keep.any():
-                    continue
+                zero = ys == 0
+                n_negative += int((ys < 0).sum())
                 color, ls = run_style[run]
-                ax.plot(xs[keep], ys[keep], marker="o", label=run, color=color, linestyle=ls)
-                drawn = True
+                if keep.any():
+                    line = ax.plot(
+                        xs[keep], ys[keep], marker="o", label=run, color=color, linestyle=ls
+                    )[0]
+                    handles.setdefault(run, line)
+                    drawn = True
+                if zero.any() and floor is not None:
+                    n_zero += int(zero.sum())
+                    ax.scatter(xs[zero], np.full(int(zero.sum()), floor), marker="v", color=color)
             if not drawn:
-                _no_data(ax, "no positive values" if n_skipped else "no data")
+                _no_data(ax, "no positive values" if n_negative or n_zero else "no data")
                 ax.set_ylim(0.1, 10.0)
-            if n_skipped:
-                _corner_note(ax, f"{n_skipped} non-positive value(s) not shown")
-            if drawn and not legend_done:
-                ax.legend(loc="best")
-                legend_done = True
+            notes = []
+            if n_zero:
+                notes.append(f"{n_zero} zero(s) drawn as ▼ at {floor:.1e}")
+            if n_negative:
+                notes.append(f"{n_negative} negative value(s) not shown")
+            if notes:
+                _corner_note(ax, "\n".join(notes))
+        if handles:  # one legend for the figure, beside the panels: never on the curves
+            fig.legend(
+                list(handles.values()), list(handles), loc="outside right upper", title="run"
+            )
         if axes is None:
             fig.suptitle(f"{split} split")
     return fig, axs
@@ -571,6 +591,7 @@ def spectra(
     *,
     ax: Axes | None = None,
     normalise: bool = False,
+    title: str | None = None,
 ) -> tuple[Figure, Axes]:
     r"""Eigenvalue spectra, descending, against their index on a log-y axis.
 
@@ -621,12 +642,16 @@ def spectra(
         else:
             fig = _figure_of(ax)
         ax.set_yscale("log")
-        n_skipped = 0
+        n_skipped = n_roundoff = 0
         for name, lam in arrays.items():
             pos = lam[lam > 0]
             n_skipped += lam.size - pos.size
             if pos.size == 0:
                 continue
+            # below D·eps·λ_max an eigenvalue is round-off (numpy's matrix_rank tolerance)
+            real = pos[pos > lam.size * np.finfo(np.float64).eps * pos[0]]
+            n_roundoff += pos.size - real.size
+            pos = real
             if normalise:
                 pos = pos / pos.sum()
             ax.plot(np.arange(1, pos.size + 1), pos, marker=".", label=_mathtext(name))
@@ -637,8 +662,15 @@ def spectra(
             ax.set_ylim(0.1, 10.0)
         ax.set_xlabel("index (descending)")
         ax.set_ylabel("eigenvalue / sum" if normalise else "eigenvalue")
+        notes = []
         if n_skipped:
-            _corner_note(ax, f"{n_skipped} non-positive eigenvalue(s) not shown")
+            notes.append(f"{n_skipped} non-positive eigenvalue(s) not shown")
+        if n_roundoff:
+            notes.append(f"{n_roundoff} below D·ε·λmax (round-off) not shown")
+        if notes:
+            _corner_note(ax, "\n".join(notes))
+        if title is not None:
+            ax.set_title(title)
     return fig, ax
 
 
@@ -663,6 +695,8 @@ def cosine_heatmap(
     order: Sequence[int] | None = None,
     labels: Sequence[str] | None = None,
     axes: Axes | Sequence[Axes] | None = None,
+    vectors_are: str = "class vectors",
+    title: str | None = None,
 ) -> tuple[Figure, list[Axes]]:
     r"""Heatmap of pairwise cosines of class vectors, and its deviation from a target Gram.
 
@@ -743,7 +777,7 @@ def cosine_heatmap(
         else:
             fig = _figure_of(axs[0])
         im = axs[0].imshow(cos, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
-        axs[0].set_title("cosine of class vectors")
+        axs[0].set_title(f"cosine of {vectors_are}")
         fig.colorbar(im, ax=axs[0], shrink=0.85)
         if tgt is not None:
             dev = cos - tgt[np.ix_(perm, perm)]
@@ -761,6 +795,8 @@ def cosine_heatmap(
                 ax.set_yticks([])
             ax.set_xlabel("class")
             ax.set_ylabel("class")
+        if title is not None:
+            fig.suptitle(title)
     return fig, axs
 
 
@@ -822,6 +858,11 @@ def variability_sweep(
         for run, arr in ys.items():
             color, ls = run_style[run]
             ax.plot(xs, arr, marker="o", label=run, color=color, linestyle=ls)
+        if np.all(xs == np.round(xs)):  # an integer sweep (k = 1, 2, 4): no 1.5 or 2.5 ticks
+            if np.all(xs > 0) and np.all(np.log2(xs) == np.round(np.log2(xs))) and xs.size > 2:
+                ax.set_xscale("log", base=2)
+                ax.minorticks_off()
+            ax.set_xticks(xs, [str(int(v)) for v in xs])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.legend(loc="best")
@@ -1105,6 +1146,7 @@ def render_all(
     recalls: Mapping[str, Mapping[int, float]] | None = None,
     formats: Sequence[str] = ("pdf", "png"),
     orders_by_run: Mapping[str, Sequence[int]] | None = None,
+    titles_by_run: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Render every figure for one tidy table into ``out_dir``; return the paths written.
 
@@ -1145,6 +1187,8 @@ def render_all(
     orders_by_run : mapping, optional
         Run → class order of its heatmap (e.g. the leaves of a hierarchy, so that sibling
         classes sit together).
+    titles_by_run : mapping, optional
+        Run → title of its spectra and cosine figures (which run, checkpoint and split).
     sweep : mapping, optional
         Keyword arguments of :func:`variability_sweep`: ``x``, ``values`` and optionally
         ``xlabel``, ``ylabel``.
@@ -1195,11 +1239,18 @@ def render_all(
     if any(r["metric"] == "accuracy" for r in all_rows):
         fig, _ = accuracy_curves(all_rows)
         emit(fig, "accuracy")
+    titles = dict(titles_by_run or {})
     for run, eig in (spectra_by_run or {}).items():
-        fig, _ = spectra(eig)
+        fig, _ = spectra(eig, title=titles.get(run))
         emit(fig, f"spectra_{_safe_name(str(run))}")
     for run, vec in means.items():
-        fig, _ = cosine_heatmap(vec, target=targets.get(run), order=orders.get(run))
+        fig, _ = cosine_heatmap(
+            vec,
+            target=targets.get(run),
+            order=orders.get(run),
+            vectors_are="centred class means",
+            title=titles.get(run),
+        )
         emit(fig, f"cosines_{_safe_name(str(run))}")
     if sweep is not None:
         fig, _ = variability_sweep(**sweep)
@@ -1288,6 +1339,7 @@ def render_report(
     means_by_run: dict[str, Any] = {}
     targets_by_run: dict[str, Any] = {}
     orders_by_run: dict[str, list[int]] = {}
+    titles: dict[str, str] = {}
     swept: dict[str, float] = {}
     with open_existing(report) as store:
         all_rows = store.rows()
@@ -1312,6 +1364,10 @@ def render_report(
             if not states:
                 continue
             st = FeatureStats.from_state_dict(states.get("train", next(iter(states.values()))))
+            ck = checkpoints[-1]
+            at = f"epoch {ck['epoch']}" if ck["epoch"] is not None else ck["name"]
+            split_shown = "train" if "train" in states else next(iter(states))
+            titles[run] = f"{run}, {at}, {split_shown} split"
             spectra_by_run[run] = {
                 r"$\Sigma_W$": eigenvalues(st, "within").numpy(),
                 r"$\Sigma_B$": eigenvalues(st, "between").numpy(),
@@ -1368,4 +1424,5 @@ def render_report(
         sweep=sweep,
         formats=formats,
         orders_by_run=orders_by_run or None,
+        titles_by_run=titles or None,
     )

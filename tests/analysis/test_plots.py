@@ -113,7 +113,10 @@ def test_nc_trajectories_panels_log_lines_colours_legend() -> None:
         colours = colours or these
         assert these == colours  # one colour per run, the same in every panel
         assert ax.get_xlabel() == "epoch"
-    assert sum(ax.get_legend() is not None for ax in axes) == 1
+    # one legend for the figure, outside the panels, never on the curves
+    assert all(ax.get_legend() is None for ax in axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == list(RUNS)
     # x = epoch, y = the values of the rows, for the "etf" run's nc1 (metric index 0)
     x, y = line_xy(axes[0].lines[1])
     np.testing.assert_array_equal(x, EPOCHS)
@@ -146,7 +149,11 @@ def test_nc_trajectories_skips_non_positive_without_warnings(tmp_path: Path) -> 
     x, y = line_xy(ax.lines[0])
     np.testing.assert_array_equal(x, [0, 10, 20])
     assert (np.asarray(y) > 0).all()
-    assert any("7 non-positive" in t for t in panel_texts(ax))
+    # the two zeros of etf are visible: ▼ at a floor a decade below the smallest value
+    smallest = min(float(np.min(line_xy(ln)[1])) for ln in ax.lines)
+    (zeros,) = ax.collections
+    np.testing.assert_allclose(zeros.get_offsets(), [[50, smallest / 10], [100, smallest / 10]])
+    assert any("2 zero(s) drawn as ▼" in t and "5 negative" in t for t in panel_texts(ax))
     save_figure(fig, tmp_path / "nonpos", formats=("png",))  # drawing must not warn either
 
 
@@ -560,3 +567,21 @@ def test_render_all_uses_the_classifier_layer_for_trajectories(tmp_path: Path) -
     _fig, axes = nc_trajectories(rows, metrics=("nc1",), split="test")
     (ln,) = [ln for ln in axes[0].lines if len(ln.get_xdata()) == 3]
     np.testing.assert_allclose(line_xy(ln)[1], [1e-2, 1e-2 / 2, 1e-2 / 3])  # the fc layer only
+
+
+def test_spectra_drop_round_off_and_say_so() -> None:
+    lam = np.array([2.0, 1.0, 1e-10, 3e-15, 1e-40])  # D = 5: threshold 5·eps·2 ≈ 2.2e-15
+    _, ax = spectra({"Σ_W": lam}, title="run, epoch 3, train split")
+    np.testing.assert_array_equal(line_xy(ax.lines[0])[1], [2.0, 1.0, 1e-10, 3e-15])
+    lam[3] = 1e-16
+    _, ax = spectra({"Σ_W": lam})
+    np.testing.assert_array_equal(line_xy(ax.lines[0])[1], [2.0, 1.0, 1e-10])
+    assert any("2 below D·ε·λmax" in t for t in panel_texts(ax))
+
+
+def test_variability_sweep_integer_ticks() -> None:
+    _, ax = variability_sweep([1, 2, 4, 8], {"train": [0.1, 0.2, 0.3, 0.4]})
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8"]
+    _, ax = variability_sweep([1, 2, 3], {"train": [0.1, 0.2, 0.3]})
+    assert list(ax.get_xticks()) == [1, 2, 3]
