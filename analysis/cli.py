@@ -271,10 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, out: str) -> None:
         p.add_argument("--out", default=out, help=f"output folder (default: {out})")
-        p.add_argument(
+        bars = p.add_mutually_exclusive_group()
+        bars.add_argument(
             "--no-progress",
             action="store_true",
-            help="hide progress bars (always hidden when stderr is not a terminal)",
+            help="hide progress bars (hidden by default when stderr is not a terminal)",
+        )
+        bars.add_argument(
+            "--progress",
+            action="store_true",
+            help="show progress bars even when stderr is not a terminal (a log file)",
         )
 
     p = sub.add_parser(
@@ -451,8 +457,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if hasattr(args, "no_progress") and not sys.stderr.isatty():
-        args.no_progress = True  # no progress bars in log files
+    if hasattr(args, "no_progress") and not sys.stderr.isatty() and not args.progress:
+        args.no_progress = True  # no progress bars in log files, unless asked
     try:
         return int(args.func(args))
     except Interrupted as err:
