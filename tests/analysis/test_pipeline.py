@@ -267,3 +267,23 @@ def test_features_labels_longer_than_features(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "10 feature rows but labels of shape [12]" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_streaming_commands_keep_large_buffers(monkeypatch, tmp_path: Path) -> None:
+    import ctypes
+
+    calls: list[tuple[int, int]] = []
+
+    class FakeLibc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    assert main(["plot", str(tmp_path / "none"), "--out", str(tmp_path / "f")]) == 2
+    assert calls == []  # not for plot: only the streaming commands
+    _save(tmp_path / "r", n=1)
+    argv = ["analyze", str(tmp_path / "r"), *SPEC, "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(argv) == 0
+    assert calls == [(-3, 256 * 1024**2), (-1, 1024**3)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
