@@ -1374,7 +1374,7 @@ def render_report(
                 r"$\Sigma_T$": eigenvalues(st, "total").numpy(),
             }
             present = st.counts > 0
-            means_by_run[run] = (st.means[present] - st.global_mean).numpy()
+            means_by_run[run] = (st.means[present] - st.global_mean_of()).numpy()
             k = int(present.sum())
             sim = next((t for (_, _, n), t in tensors.items() if n == "similarity"), None)
             if sim is not None:

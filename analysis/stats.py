@@ -182,7 +182,7 @@ class FeatureStats:
     >>> import torch
     >>> stats = FeatureStats(num_classes=3, dim=4)
     >>> stats.update(torch.randn(10, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]))
-    >>> stats.within_cov.shape
+    >>> stats.within_covariance().shape
     torch.Size([4, 4])
 
     Notes
@@ -580,11 +580,6 @@ class FeatureStats:
             return means[idx].mean(0)
         raise ValueError(f"global_mean must be 'samples' or 'classes', got {global_mean!r}")
 
-    @property
-    def global_mean(self) -> torch.Tensor:
-        r"""Sample-weighted global mean :math:`\mu_G = \frac1N\sum_i x_i` ``[D]``."""
-        return self.global_mean_of("samples")
-
     def centered_means(self, global_mean: GlobalMean = "samples") -> torch.Tensor:
         r"""Centred means :math:`M_c` ``[K', D]``, rows :math:`\mu_c-\mu_G` of present classes."""
         idx = self.present_classes()
@@ -640,21 +635,6 @@ class FeatureStats:
             raise ValueError(f"global_mean must be 'samples' or 'classes', got {global_mean!r}")
         return total
 
-    @property
-    def within_cov(self) -> torch.Tensor:
-        r""":math:`\Sigma_W` with the default convention (sample-weighted)."""
-        return self.within_covariance()
-
-    @property
-    def between_cov(self) -> torch.Tensor:
-        r""":math:`\Sigma_B` with the default convention (sample-weighted global mean)."""
-        return self.between_covariance()
-
-    @property
-    def total_cov(self) -> torch.Tensor:
-        r""":math:`\Sigma_T` with the default convention (sample-weighted global mean)."""
-        return self.total_covariance()
-
     def class_variance(self, ddof: int = 0) -> torch.Tensor:
         r"""Per-class variance ``[K]``.
 
@@ -667,11 +647,6 @@ class FeatureStats:
         denom = (self._counts - ddof).to(torch.float64)
         m2 = self._derived()["class_m2"]
         return torch.where(denom > 0, m2 / denom.clamp(min=1), 0.0)
-
-    @property
-    def class_variances(self) -> torch.Tensor:
-        r""":math:`\sigma_c^2` ``[K]`` with ``ddof=0``."""
-        return self.class_variance(0)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

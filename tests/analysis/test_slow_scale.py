@@ -32,7 +32,7 @@ def test_many_classes_full_size_matches_two_pass() -> None:
     within = centred.T @ centred / len(x)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        got = stats.within_cov.numpy()
+        got = stats.within_covariance().numpy()
         metrics = collapse_metrics(stats)
     assert [w.category for w in caught] == [EmptyClassWarning]  # once per state
     assert all(np.isfinite(v) for v in metrics.values())

@@ -170,7 +170,7 @@ def test_eigenvalues_match_two_pass_covariances(name: str) -> None:
         np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-11 * want[0])
     # the default switches are the ones of FeatureStats' properties
     np.testing.assert_allclose(
-        sp.eigenvalues(stats, "total").numpy(), desc_eigvalsh(stats.total_cov.numpy())
+        sp.eigenvalues(stats, "total").numpy(), desc_eigvalsh(stats.total_covariance().numpy())
     )
 
 

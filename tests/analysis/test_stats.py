@@ -179,20 +179,20 @@ def test_every_statistic_matches_two_pass_reference(num_classes: int, dim: int, 
     assert torch.equal(stats.counts, torch.from_numpy(ref["counts"]))
     assert bool(stats.present.all())
     assert_close(stats.means, ref["means"], tol)
-    assert_close(stats.global_mean, ref["mu_samples"], tol)
+    assert_close(stats.global_mean_of(), ref["mu_samples"], tol)
     assert_close(stats.global_mean_of("samples"), ref["mu_samples"], tol)
     assert_close(stats.global_mean_of("classes"), ref["mu_classes"], tol)
     assert_close(stats.within_scatter, ref["within_scatter"], tol)
-    assert_close(stats.within_cov, ref["within"], tol)
+    assert_close(stats.within_covariance(), ref["within"], tol)
     assert_close(stats.within_covariance(within="samples"), ref["within"], tol)
     assert_close(stats.within_covariance(within="balanced"), ref["within_balanced"], tol)
-    assert_close(stats.between_cov, ref["between_samples"], tol)
+    assert_close(stats.between_covariance(), ref["between_samples"], tol)
     assert_close(stats.between_covariance(global_mean="samples"), ref["between_samples"], tol)
     assert_close(stats.between_covariance(global_mean="classes"), ref["between_classes"], tol)
-    assert_close(stats.total_cov, ref["total_samples"], tol)
+    assert_close(stats.total_covariance(), ref["total_samples"], tol)
     assert_close(stats.total_covariance(global_mean="samples"), ref["total_samples"], tol)
     assert_close(stats.total_covariance(global_mean="classes"), ref["total_classes"], tol)
-    assert_close(stats.class_variances, ref["var0"], tol)
+    assert_close(stats.class_variance(), ref["var0"], tol)
     assert_close(stats.class_variance(ddof=0), ref["var0"], tol)
     assert_close(stats.class_variance(ddof=1), ref["var1"], tol)
     assert_close(stats.unit_means, ref["unit_means"], tol)
@@ -200,10 +200,15 @@ def test_every_statistic_matches_two_pass_reference(num_classes: int, dim: int, 
     assert stats.num_zero_norm == 0
 
     # Everything is float64, of the documented shape.
-    for t in (stats.means, stats.within_cov, stats.between_cov, stats.total_cov):
+    for t in (
+        stats.means,
+        stats.within_covariance(),
+        stats.between_covariance(),
+        stats.total_covariance(),
+    ):
         assert t.dtype == torch.float64
-    assert stats.within_cov.shape == (dim, dim)
-    assert stats.class_variances.shape == (num_classes,)
+    assert stats.within_covariance().shape == (dim, dim)
+    assert stats.class_variance().shape == (num_classes,)
     # Sanity of the reference itself: the decomposition Σ_T = Σ_W + Σ_B(sample-weighted).
     n = ref["counts"].astype(np.float64)
     mc = ref["means"] - ref["mu_samples"]
@@ -217,7 +222,7 @@ def test_default_within_does_not_need_class_scatter() -> None:
     x, y = imbalanced_data(4, 3, seed=5)
     stats = FeatureStats(4, 3)
     feed(stats, x, y, [np.arange(y.size)])
-    assert_close(stats.within_cov, reference_stats(x, y, 4)["within"], 1e-12)
+    assert_close(stats.within_covariance(), reference_stats(x, y, 4)["within"], 1e-12)
     with pytest.raises(ValueError, match="track_class_scatter"):
         stats.within_covariance(within="balanced")
 
@@ -284,7 +289,7 @@ def test_merge_of_shards_equals_one_pass(num_shards: int, seed: int, tree: bool)
 
     _assert_stats_close(merged, one_pass, 1e-12)
     ref = reference_stats(x, y, num_classes)
-    assert_close(merged.within_cov, ref["within"], 1e-12)
+    assert_close(merged.within_covariance(), ref["within"], 1e-12)
     assert_close(merged.within_covariance("balanced"), ref["within_balanced"], 1e-12)
     assert_close(merged.unit_sq_dev, ref["unit_sq_dev"], 1e-12)
 
@@ -328,10 +333,10 @@ def test_near_collapse_accuracy_beats_raw_moments() -> None:
             raw_unit_sq[c] += np.sum(ub[m] * ub[m])
 
     # FeatureStats: ≤ 1e-9 relative to the two-pass reference.
-    trace_err = abs(float(torch.trace(stats.within_cov)) - true_trace) / true_trace
+    trace_err = abs(float(torch.trace(stats.within_covariance())) - true_trace) / true_trace
     assert trace_err <= 1e-9, trace_err
-    assert_close(stats.within_cov, ref["within"], 1e-9)
-    assert_close(stats.class_variances, ref["var0"], 1e-9)
+    assert_close(stats.within_covariance(), ref["within"], 1e-9)
+    assert_close(stats.class_variance(), ref["var0"], 1e-9)
     assert_close(stats.unit_sq_dev, ref["unit_sq_dev"], 1e-9)
 
     # Raw moments E[xxᵀ] − μμᵀ (per class) miss that bar: the requirement is not trivial.
@@ -368,7 +373,7 @@ def test_near_collapse_both_update_paths(num_classes: int, batch: int) -> None:
         stats.update(torch.from_numpy(x[start : start + batch]), y[start : start + batch])
     present = ref["counts"] > 0
     assert_close(stats.within_scatter / n, ref["within"], 1e-9)
-    assert_close(stats.class_variances[present], ref["var0"][present], 1e-9)
+    assert_close(stats.class_variance()[present], ref["var0"][present], 1e-9)
     assert_close(stats.unit_sq_dev[present], ref["unit_sq_dev"][present], 1e-9)
     assert_close(stats.means[present], ref["means"][present], 1e-14)
     # balanced Σ_W (per-class scatter) through the same path
@@ -396,7 +401,7 @@ def test_low_precision_input_equals_upcast(dtype: torch.dtype) -> None:
     assert_states_identical(low.state_dict(), high.state_dict())
     assert low.means.dtype == torch.float64
     ref = reference_stats(x.to(torch.float64).numpy(), y.numpy(), 4)
-    assert_close(low.within_cov, ref["within"], 1e-12)
+    assert_close(low.within_covariance(), ref["within"], 1e-12)
 
 
 def test_numpy_input_accepted() -> None:
@@ -410,7 +415,7 @@ def test_numpy_input_accepted() -> None:
     assert_states_identical(from_numpy.state_dict(), from_torch.state_dict())
     xx = np.concatenate([x32, x32[:5]])
     yy = np.concatenate([y, y[:5]])
-    assert_close(from_numpy.within_cov, reference_stats(xx, yy, 4)["within"], 1e-12)
+    assert_close(from_numpy.within_covariance(), reference_stats(xx, yy, 4)["within"], 1e-12)
 
 
 def test_class_with_one_sample_has_zero_variance() -> None:
@@ -461,7 +466,7 @@ def test_huge_finite_features_whose_norm_overflows() -> None:
     for t in (stats.within_scatter, stats.unit_means, stats.unit_sq_dev, stats.means):
         assert bool(torch.isfinite(t).all())
     assert_close(stats.means, ref["means"], 1e-12)
-    assert_close(stats.within_cov, ref["within"], 1e-9)
+    assert_close(stats.within_covariance(), ref["within"], 1e-9)
     assert_close(stats.unit_means, ref["unit_means"], 1e-12)
     assert_close(stats.unit_sq_dev, ref["unit_sq_dev"], 1e-9)
 
@@ -498,7 +503,7 @@ def test_state_dict_round_trip(tmp_path, track: bool) -> None:
         else:
             assert continued[key] == value, key
     ref = reference_stats(x, y, 5)
-    assert_close(reloaded.within_cov, ref["within"], 1e-12)
+    assert_close(reloaded.within_covariance(), ref["within"], 1e-12)
     assert_close(reloaded.unit_sq_dev, ref["unit_sq_dev"], 1e-12)
     if track:
         assert_close(reloaded.within_covariance("balanced"), ref["within_balanced"], 1e-12)
@@ -667,10 +672,10 @@ def test_shifted_form_near_collapse_many_classes_per_batch() -> None:
     true_trace = float(np.trace(ref["within"]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmptyClassWarning)
-        trace = float(torch.trace(stats.within_cov))
+        trace = float(torch.trace(stats.within_covariance()))
     assert abs(trace - true_trace) / true_trace <= 1e-9
     assert_close(stats.within_scatter / n, ref["within"], 1e-9)
-    assert_close(stats.class_variances[present], ref["var0"][present], 1e-9)
+    assert_close(stats.class_variance()[present], ref["var0"][present], 1e-9)
     assert_close(stats.unit_sq_dev[present], ref["unit_sq_dev"][present], 1e-9)
     assert_close(stats.means[present], ref["means"][present], 1e-14)
     assert_close(stats.unit_means[present], ref["unit_means"][present], 1e-14)
@@ -693,10 +698,10 @@ def test_merge_of_states_with_different_references_near_collapse() -> None:
     assert not torch.equal(shards[0]._refs, shards[1]._refs)  # the point of the test
     merged = shards[0].merge(shards[1])
     true_trace = float(np.trace(ref["within"]))
-    assert abs(float(torch.trace(merged.within_cov)) - true_trace) / true_trace <= 1e-9
-    assert_close(merged.within_cov, ref["within"], 1e-9)
+    assert abs(float(torch.trace(merged.within_covariance())) - true_trace) / true_trace <= 1e-9
+    assert_close(merged.within_covariance(), ref["within"], 1e-9)
     assert_close(merged.within_covariance("balanced"), ref["within_balanced"], 1e-9)
-    assert_close(merged.class_variances, ref["var0"], 1e-9)
+    assert_close(merged.class_variance(), ref["var0"], 1e-9)
     assert_close(merged.unit_sq_dev, ref["unit_sq_dev"], 1e-9)
     assert_close(merged.means, ref["means"], 1e-14)
     # merging into a state loaded from a state_dict (references = class means) agrees too
@@ -737,8 +742,8 @@ def test_load_version_1_state() -> None:
     assert_close(stats.unit_sq_dev, first["unit_sq_dev"], 0.0)
     feed(stats, x, y, [np.arange(half, y.size)])
     full = reference_stats(x, y, num_classes)
-    assert_close(stats.within_cov, full["within"], 1e-12)
-    assert_close(stats.class_variances, full["var0"], 1e-12)
+    assert_close(stats.within_covariance(), full["within"], 1e-12)
+    assert_close(stats.class_variance(), full["var0"], 1e-12)
     assert_close(stats.unit_sq_dev, full["unit_sq_dev"], 1e-12)
     assert_close(stats.means, full["means"], 1e-13)
     with pytest.raises(ValueError, match="version"):
