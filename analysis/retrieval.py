@@ -325,7 +325,7 @@ def recall_at_k(
     query: Any = None,
     gallery: Any = None,
     *,
-    k: float | None = None,
+    curvature: float | None = None,
     c: float | None = None,
     chunk_size: int | None = None,
 ) -> dict[int, float]:
@@ -360,9 +360,11 @@ def recall_at_k(
         Rows of ``embeddings`` used as queries and as the gallery (default: all rows). Indices
         must be unique; a query that is also in the gallery excludes only itself (by index).
         The gallery order given is the order used to break ties.
-    k : float, optional
-        Hyperboloid parameter of ``metric="lorentz"`` (:math:`-x_0^2 + \|x_s\|^2 = -k`,
-        geoopt's ``Lorentz(k)``, curvature :math:`-1/k`); default 1.0.
+    curvature : float, optional
+        Hyperboloid parameter :math:`k` of ``metric="lorentz"``
+        (:math:`-x_0^2 + \|x_s\|^2 = -k`, geoopt's ``Lorentz(k)``, sectional curvature
+        :math:`-1/k`); default 1.0. (Named ``k`` before; renamed so it is not confused with
+        the :math:`K` of ``ks``.)
     c : float, optional
         Ball parameter of ``metric="poincare"`` (curvature :math:`-c`); default 1.0.
     chunk_size : int, optional
@@ -381,7 +383,7 @@ def recall_at_k(
     ValueError
         Shape mismatches, NaN/Inf (with counts and first rows), empty query set, unknown metric,
         K larger than the gallery available to a query, points off the hyperboloid or outside
-        the ball, zero rows for ``"cosine"``, invalid ``k``/``c``/``chunk_size``.
+        the ball, zero rows for ``"cosine"``, invalid ``curvature``/``c``/``chunk_size``.
 
     Examples
     --------
@@ -392,7 +394,7 @@ def recall_at_k(
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    kk = _check_curvature(k, "k", metric, "lorentz")
+    kk = _check_curvature(curvature, "curvature", metric, "lorentz")
     cc = _check_curvature(c, "c", metric, "poincare")
     kvals = _check_ks(ks)
     kmax = max(kvals)

@@ -22,9 +22,10 @@ KS = (1, 2, 3, 5, 8)
 
 # ---------------------------------------------------------------------------- brute force
 def distance_matrix(
-    a: torch.Tensor, b: torch.Tensor, metric: str, k: float = 1.0, c: float = 1.0
+    a: torch.Tensor, b: torch.Tensor, metric: str, curvature: float = 1.0, c: float = 1.0
 ) -> torch.Tensor:
     """Distances of the rows of ``a`` to the rows of ``b``, elementwise by broadcasting."""
+    k = curvature
     a, b = a.double(), b.double()
     if metric == "cosine":
         an = a / a.norm(dim=1, keepdim=True)
@@ -82,7 +83,7 @@ def make_data(metric: str, n: int, seed: int, d: int = 5) -> tuple[torch.Tensor,
 
 
 def metric_kw(metric: str) -> dict[str, float]:
-    return {"lorentz": {"k": 1.5}, "poincare": {"c": 0.7}}.get(metric, {})
+    return {"lorentz": {"curvature": 1.5}, "poincare": {"c": 0.7}}.get(metric, {})
 
 
 METRICS = ["cosine", "euclidean", "lorentz", "poincare"]
@@ -249,7 +250,7 @@ def test_lorentz_matches_geoopt_dist_ranking() -> None:
     ks = (1, 2, 4, 9)
     order = torch.sort(dist, dim=1, stable=True).indices
     want = {kk: float((y[order[:, :kk]] == y[:, None]).any(1).double().mean()) for kk in ks}
-    assert recall_at_k(x, y, ks, "lorentz", k=k) == want
+    assert recall_at_k(x, y, ks, "lorentz", curvature=k) == want
     assert 0 < want[1] < want[4] < 1
 
 
@@ -271,7 +272,7 @@ def test_off_manifold_errors() -> None:
     with pytest.raises(ValueError, match=r"3 points off the hyperboloid \(max \|<x,x>_L \+ k\|"):
         recall_at_k(bad, y, (1,), "lorentz")
     with pytest.raises(ValueError, match="off the hyperboloid"):
-        recall_at_k(x, y, (1,), "lorentz", k=2.0)
+        recall_at_k(x, y, (1,), "lorentz", curvature=2.0)
     with pytest.raises(ValueError, match="lower sheet"):
         recall_at_k(x * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64), y, (1,), "lorentz")
     ball = torch.tensor([[0.1, 0.2], [0.9, 0.5], [0.0, 0.0]])
@@ -331,7 +332,7 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         recall_at_k(x, y, chunk_size=0)
     with pytest.raises(ValueError, match="applies to metric='lorentz' only"):
-        recall_at_k(x, y, k=1.0)
+        recall_at_k(x, y, curvature=1.0)
     with pytest.raises(ValueError, match="all-zero rows"):
         recall_at_k(torch.cat([x, torch.zeros(1, 5)]), torch.cat([y, y[:1]]))
 
