@@ -15,8 +15,11 @@ Zimmermann & Absil 2024):
   :math:`\exp_X(U) = XV\cos\Sigma\,V^\top + W\sin\Sigma\,V^\top`;
 - logarithm: with :math:`Y^\top X = Q S R^\top` align the representative
   :math:`Y_* = YQR^\top`, then the thin SVD :math:`(I-XX^\top)Y_* = \hat W\hat S\hat V^\top`
-  gives :math:`\log_X(Y) = \hat W\arcsin(\hat S)\hat V^\top` (defined up to the cut locus,
-  principal angles :math:`<\pi/2`);
+  gives :math:`\log_X(Y) = \hat W\theta\hat V^\top` with
+  :math:`\theta_i = \operatorname{atan2}(\hat s_i, \|X^\top Y_*\hat v_i\|)` (the sines and
+  the cosines along the same right singular vectors; :math:`\arcsin\hat s_i` would lose half
+  the digits near :math:`\pi/2`). Defined up to the cut locus, principal angles
+  :math:`<\pi/2`;
 - distance: :math:`\|\theta\|_2`, :math:`\theta` the principal angles (the pymanopt/geoopt
   convention; geomstats' projector metric is :math:`\sqrt2` larger). The angles are
   :math:`\arccos` of the clipped singular values of :math:`X^\top Y`; numerically they are
@@ -178,8 +181,12 @@ class Grassmann(geoopt.Manifold):
         r"""Horizontal :math:`U` with :math:`\exp_X(U)` spanning ``y`` (angles below π/2)."""
         q, _, rh = torch.linalg.svd(y.mT @ x, full_matrices=False)
         y_star = y @ (q @ rh)
-        w, s, vh = torch.linalg.svd(y_star - x @ (x.mT @ y_star), full_matrices=False)
-        return (w * torch.asin(s.clamp(-1.0, 1.0))[..., None, :]) @ vh
+        xty = x.mT @ y_star  # symmetric PSD: the cosines of the principal angles
+        w, s, vh = torch.linalg.svd(y_star - x @ xty, full_matrices=False)
+        # θ = atan2(sin, cos) with the cosines measured along the same right singular
+        # vectors (‖XᵀY_* v_i‖ = cos θ_i); arcsin of sines near 1 loses half the digits
+        cos = torch.linalg.vector_norm(xty @ vh.mT, dim=-2)
+        return (w * torch.atan2(s, cos)[..., None, :]) @ vh
 
     def principal_angles(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r"""Principal angles :math:`\theta_1\le\dots\le\theta_p\in[0,\pi/2]`, ``[..., p]``."""

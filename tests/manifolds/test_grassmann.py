@@ -267,3 +267,25 @@ def test_scaled_grassmann_rescales_distances_and_vectors() -> None:
     # parallel_transp is a geomtools method beyond geoopt's API: it must be rescaled too
     v = horizontal(x, g)
     assert max_abs(scaled.parallel_transp(x, s * u, v) - MAN.parallel_transp(x, u, v)) <= 1e-14
+
+
+@pytest.mark.parametrize("n", [4, 9])
+def test_logmap_near_pi_over_2_matches_the_closed_form(n: int) -> None:
+    """atan2(sin, cos) keeps θ = π/2 − 1e-9 to ~1e-16, where arcsin of the sine returns π/2."""
+    # well-separated angles: two angles both within δ of π/2 pair up only to ~eps/δ (the log
+    # itself is that ill-conditioned there), whatever the formula
+    angles = torch.tensor([math.pi / 2 - 1e-9, 0.3, 1e-9, 1.0], dtype=DTYPE)
+    angles = angles[: n // 2]
+    p = angles.shape[0]
+    g = generator(n + 11)
+    rot, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DTYPE))
+    x = torch.zeros(n, p, dtype=DTYPE)
+    y = torch.zeros(n, p, dtype=DTYPE)
+    u = torch.zeros(n, p, dtype=DTYPE)
+    x[:p] = torch.eye(p, dtype=DTYPE)
+    y[:p] = torch.diag(torch.cos(angles))
+    y[p : 2 * p] = torch.diag(torch.sin(angles))
+    u[p : 2 * p] = torch.diag(angles)  # log_X(Y) = θ_i e_{p+i} in these coordinates
+    got = MAN.logmap(rot @ x, rot @ y)
+    assert max_abs(got - rot @ u) <= 1e-14
+    assert max_abs(torch.linalg.svdvals(got) - angles.sort(descending=True).values) <= 1e-14
