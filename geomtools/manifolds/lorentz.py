@@ -17,6 +17,8 @@ computer vision. ICLR 2024.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
@@ -114,7 +116,9 @@ def centroid(
     ------
     ValueError
         Negative or all-zero weights, weights of the wrong shape, non-finite input,
-        ``k <= 0``.
+        ``k <= 0``, or a centroid farther from the origin than :func:`max_distance` of the
+        working dtype (9.70√k in float64, 4.68√k in float32), where the Minkowski norm of
+        the weighted sum cancels.
     """
     if x.dim() < 2:
         raise ValueError(f"x must be [..., N, d + 1], got shape {tuple(x.shape)}")
@@ -138,7 +142,19 @@ def centroid(
         mu = (w.unsqueeze(-1) * xw).sum(dim=-2)
     k_t = _as_k(k, mu)
     norm2 = -minkowski_inner(mu, mu, keepdim=True)  # > 0 for future-pointing timelike mu
-    out = mu * torch.sqrt(k_t) / torch.sqrt(norm2.clamp_min(torch.finfo(wd).tiny))
+    # cosh²(d(o, c)/√k) = mu_0² / norm2: beyond max_distance (√eps · mu_0² > norm2) the
+    # cancelled norm keeps less than half the digits, and at twice it none at all (a clamp
+    # would turn it into huge finite garbage); refuse rather than return that
+    mu0_sq = mu[..., :1].detach().square()
+    bad = ~(norm2.detach() >= math.sqrt(torch.finfo(wd).eps) * mu0_sq)  # NaN/inf included
+    if bool(bad.any()):
+        raise ValueError(
+            f"centroid lies beyond the {wd} range of the hyperboloid: its distance to the "
+            f"origin exceeds max_distance({wd}, k) = {max_distance(wd, float(k_t)):.4g} "
+            f"(= {max_distance(wd):.3g}·√k), where ⟨μ, μ⟩_L cancels; rescale the points "
+            "(rescale_distance) or work in float64"
+        )
+    out = mu * torch.sqrt(k_t) / torch.sqrt(norm2)
     return out.to(x.dtype)
 
 
@@ -264,8 +280,6 @@ def max_distance(dtype: torch.dtype, k: float | torch.Tensor = 1.0) -> float:
     float16, 4.68√k for float32, 9.70√k for float64. One bound per dtype, used for every
     rescaling (the reference code mixes two different maxima in one class).
     """
-    import math
-
     eps = torch.finfo(dtype).eps
     return 0.25 * math.sqrt(float(k)) * math.log(16.0 / eps)
 

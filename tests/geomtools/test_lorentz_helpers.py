@@ -180,3 +180,27 @@ def test_expmap_gradient_finite_at_zero() -> None:
     # d/du exp_x(u) at 0 is the identity on tangent vectors: the gradient of sum(y) is 1
     # through the space part (time is recomputed from it)
     assert torch.allclose(u.grad[:, 1:], (1 + x[:, 1:] / x[:, :1]), atol=1e-12)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_centroid_beyond_max_distance_is_refused_not_garbage(k: float) -> None:
+    """Past 9.70√k (float64) ⟨μ, μ⟩_L cancels: one point at 20√k gave (1.6e162, ...)."""
+    direction = torch.tensor([0.6, 0.0, 0.8], dtype=F64)
+
+    def at(d: float) -> torch.Tensor:
+        return lorentz.expmap0(d * direction, k)[None]
+
+    limit = lorentz.max_distance(F64, k)
+    for d in (1.05 * limit, 20 * k**0.5, 200 * k**0.5):
+        with pytest.raises(ValueError, match=r"max_distance\(torch.float64, k\) = .*9.7·√k"):
+            lorentz.centroid(at(d), k)
+    # inside the range: exact near the origin, and still half the digits (the documented
+    # guarantee: the input itself is only that accurately on the hyperboloid) at the limit
+    for d, rtol in ((1.0, 1e-14), (0.5 * limit, 1e-11), (0.99 * limit, 1e-7)):
+        x = at(d)
+        torch.testing.assert_close(lorentz.centroid(x, k), x[0], rtol=rtol, atol=0.0)
+    # far points whose centroid is near the origin are fine (mirror pair → the origin)
+    far = torch.cat([at(15.0), lorentz.expmap0(-15.0 * direction, k)[None]])
+    torch.testing.assert_close(
+        lorentz.centroid(far, k), lorentz.origin_like(far[0], k), rtol=1e-12, atol=1e-12
+    )
