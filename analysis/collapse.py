@@ -57,7 +57,36 @@ Of = Literal["means", "weights"]
 def _check_stats(stats: Any) -> FeatureStats:
     if not isinstance(stats, FeatureStats):
         raise TypeError(f"expected a FeatureStats, got {type(stats).__name__}")
+    if int(stats.counts.sum()) > 0:
+        _check_moments(stats)
     return stats
+
+
+def _check_moments(stats: FeatureStats) -> None:
+    """One clear error when the float64 sums overflowed (features beyond ~1e150 in scale).
+
+    The scatter's diagonal bounds every entry (Cauchy–Schwarz), so checking it, the class
+    means and the class second moments is enough, in O(KD) rather than O(D²).
+    """
+    scatter = stats._derived()["scatter"]  # not the public copy: D×D per call for a diagonal
+    finite = (
+        bool(torch.isfinite(scatter.diagonal()).all())
+        and bool(torch.isfinite(stats.means).all())
+        and bool(torch.isfinite(stats.class_variance(0)).all())
+    )
+    if not finite:
+        raise ValueError(
+            "FeatureStats' float64 second moments overflowed (features too large in scale, "
+            "beyond ~1e150): rescale the features; the collapse metrics are scale-invariant"
+        )
+
+
+def _pow2_scale(v: torch.Tensor) -> float:
+    """A power of two near ``max |v|``: dividing by it is exact and keeps ``v @ v.T`` finite."""
+    top = v.abs().amax()
+    if not bool(torch.isfinite(top)) or float(top) == 0.0:
+        return 1.0
+    return math.ldexp(1.0, int(torch.frexp(top).exponent))
 
 
 def _classifier_rows(
@@ -85,8 +114,14 @@ def _min_classes(k: int, what: str) -> None:
         raise ValueError(f"{what} needs at least 2 classes with samples, got {k}")
 
 
-def _vectors(stats: FeatureStats, weight: Any, of: Of, global_mean: GlobalMean) -> torch.Tensor:
-    """Rows the NC2 metrics act on: centred class means or classifier weights."""
+def _vectors(
+    stats: FeatureStats, weight: Any, of: Of, global_mean: GlobalMean, *, scaled: bool = True
+) -> torch.Tensor:
+    """Rows the NC2 metrics act on: centred class means or classifier weights.
+
+    ``scaled`` (default) divides them by a power of two near their largest entry (exact): the
+    metrics are scale-invariant, and products of rows ×1e80 would overflow float64.
+    """
     _check_stats(stats)
     if of == "means":
         v = stats.centered_means(global_mean)
@@ -95,6 +130,8 @@ def _vectors(stats: FeatureStats, weight: Any, of: Of, global_mean: GlobalMean) 
     else:
         raise ValueError(f"of must be 'means' or 'weights', got {of!r}")
     _min_classes(v.shape[0], "an NC2 metric")
+    if scaled:
+        v = v / _pow2_scale(v)
     norms = torch.linalg.vector_norm(v, dim=1)
     if bool((norms == 0).any()):
         bad = torch.nonzero(norms == 0).flatten().tolist()
@@ -180,6 +217,13 @@ class _GramPass:
         classes: torch.Tensor | None = None,
     ) -> None:
         k = v.shape[0]
+        # every sum is scale-invariant but CDNV's, which scales by scale**(2 - 2·exponent):
+        # work on v / scale (exact, a power of two) so that the Gram matrix cannot overflow
+        scale = _pow2_scale(v)
+        v = v / scale
+        if cdnv_var is not None:
+            cdnv_var = cdnv_var / scale / scale
+        cdnv_rescale = scale ** (2 * exponent - 2)
         sq = v.square().sum(1)
         inv_norm = 1.0 / torch.linalg.vector_norm(v, dim=1) if cosines else None
         gram_norm = 0.0
@@ -201,7 +245,8 @@ class _GramPass:
                 self.etf_sq += _symmetric_sum(diff)
             if cdnv_var is not None:
                 d2 = _pair_sq_dists(v, sq, start, stop, gram=g)
-                self.cdnv_sum += _cdnv_block(d2, cdnv_var, start, stop, exponent, classes)
+                block = _cdnv_block(d2, cdnv_var, start, stop, exponent, classes)
+                self.cdnv_sum += block / cdnv_rescale
 
 
 def _pinv_sym(a: torch.Tensor) -> torch.Tensor:
@@ -865,7 +910,7 @@ def collapse_metrics(
     # The pairwise metrics of the means (equiangularity, ETF error, CDNV) read one pass over
     # the Gram matrix of the centred means; CDNV's distances do not depend on the centring.
     means = _GramPass(
-        _vectors(stats, None, "means", "samples"),
+        _vectors(stats, None, "means", "samples", scaled=False),  # CDNV needs the raw scale
         cosines=True,
         etf=True,
         cdnv_var=stats.class_variance(0)[idx],

@@ -760,3 +760,49 @@ def test_fewer_than_two_present_classes_raises(use: Any, num_classes: int) -> No
         warnings.simplefilter("ignore", EmptyClassWarning)
         with pytest.raises(ValueError):
             use(st)
+
+
+# ---------------------------------------------------------------------------- extreme scales
+def _scaled_metrics(feature_scale: float, weight_scale: float) -> dict[str, float]:
+    x, y = make_data(3, [30, 25, 40, 20], 6)
+    w = np.random.default_rng(4).standard_normal((4, 6))
+    stats = FeatureStats(4, 6)
+    stats.update(torch.from_numpy(x * feature_scale), torch.from_numpy(y))
+    w_t = torch.from_numpy(w * weight_scale)
+    out = collapse.collapse_metrics(stats, w_t)
+    for variant in ("papyan", "wh", "cosine"):
+        out[f"self_duality_{variant}"] = collapse.self_duality(stats, w_t, variant=variant)
+    for of in ("means", "weights"):
+        out[f"equiangularity_std_{of}"] = collapse.equiangularity(
+            stats, w_t, of=of, reduction="std"
+        )
+        out[f"etf_error_{of}_alone"] = collapse.etf_error(stats, w_t, of=of)
+    out["frame_distance"] = collapse.frame_distance(stats, torch.eye(4, dtype=torch.float64))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("feature_scale", "weight_scale"), [(1e80, 1.0), (1.0, 1e80), (1.0, 1e200), (1e-80, 1e-80)]
+)
+def test_metrics_are_scale_free_at_extreme_scales(
+    feature_scale: float, weight_scale: float
+) -> None:
+    """×1e80 made the Gram norm overflow (ETF error 1.0); ×1e154 weights gave NaN."""
+    base = _scaled_metrics(1.0, 1.0)
+    got = _scaled_metrics(feature_scale, weight_scale)
+    assert got.keys() == base.keys()
+    for key, value in base.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+@pytest.mark.parametrize("feature_scale", [1e154, 1e200])
+def test_overflowed_feature_sums_are_one_clear_error(feature_scale: float) -> None:
+    """Squares of features ×1e154 overflow FeatureStats' float64 sums: a ValueError, not eigh's."""
+    with pytest.raises(ValueError, match="second moments overflowed"):
+        _scaled_metrics(feature_scale, 1.0)
+    x, y = make_data(3, [30, 25, 40, 20], 6)
+    stats = FeatureStats(4, 6)
+    stats.update(torch.from_numpy(x * feature_scale), torch.from_numpy(y))
+    for metric in (collapse.nc1, collapse.cdnv, collapse.etf_distance, collapse.etf_error):
+        with pytest.raises(ValueError, match="second moments overflowed"):
+            metric(stats)
