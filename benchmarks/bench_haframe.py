@@ -4,6 +4,10 @@ Run from the repository root::
 
     python benchmarks/bench_haframe.py                 # K = 1000 (10×10×10 tree), gamma = 2
     python benchmarks/bench_haframe.py --branching 5 5 4 --gamma 3
+    python benchmarks/bench_haframe.py --vs-eigh --branching 10 101   # K = 1010
+
+``--vs-eigh`` times the whole ``haframe`` (seeded and unseeded) against one K×K ``eigh``, its
+floor, instead (best of ``--repeat`` runs each).
 
 The reference HAFrame code scans s over 100 grid values in [-1, 0] with one eigh each and keeps
 the most negative PSD one. geomtools computes s exactly: one Cholesky solve (closed form),
@@ -23,10 +27,10 @@ from pathlib import Path
 import torch
 
 try:
-    from geomtools.frames import Hierarchy, haframe_shape
+    from geomtools.frames import Hierarchy, haframe, haframe_shape
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from geomtools.frames import Hierarchy, haframe_shape
+    from geomtools.frames import Hierarchy, haframe, haframe_shape
 
 
 def balanced_tree(branching: list[int]) -> Hierarchy:
@@ -54,10 +58,32 @@ def timed(fn):  # type: ignore[no-untyped-def]
     return out, time.perf_counter() - t0
 
 
+def best_of(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
+    return min(timed(fn)[1] for _ in range(repeat))
+
+
+def vs_eigh(h: torch.Tensor, gamma: float, repeat: int) -> None:
+    """Time haframe against one K×K eigh of its E (the floor)."""
+    k = h.shape[0]
+    e = torch.exp(-gamma * h / h.max())
+    t_eigh = best_of(lambda: torch.linalg.eigh(e), repeat)
+    t_seeded = best_of(lambda: haframe(h, k, gamma=gamma, seed=0), repeat)
+    t_plain = best_of(lambda: haframe(h, k, gamma=gamma), repeat)
+    frame = haframe(h, k, gamma=gamma, seed=0)
+    err = float((frame.weight @ frame.weight.T - frame.similarity).abs().max())
+    print(f"K = {k}, D = {k}, gamma = {gamma}, {torch.get_num_threads()} threads")
+    print(f"one eigh            {t_eigh:.3f} s  1.00")
+    print(f"haframe, seed=0     {t_seeded:.3f} s  {t_seeded / t_eigh:.2f}")
+    print(f"haframe, seed=None  {t_plain:.3f} s  {t_plain / t_eigh:.2f}")
+    print(f"max |W Wᵀ − S| = {err:.1e}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--branching", type=int, nargs="+", default=[10, 10, 10])
     p.add_argument("--gamma", type=float, default=2.0)
+    p.add_argument("--vs-eigh", action="store_true", help="time haframe / one eigh")
+    p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args(argv)
 
     tree, t_tree = timed(lambda: balanced_tree(args.branching))
@@ -66,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"tree: {len(tree)} nodes, K = {k} leaves; build {t_tree:.3f} s, LCA matrix {t_lca:.3f} s"
     )
+    if args.vs_eigh:
+        vs_eigh(h.to(torch.float64), args.gamma, args.repeat)
+        return 0
     e = torch.exp(-args.gamma * h / h.max())
 
     (s_grid, t_grid) = timed(lambda: grid_shape(e))

@@ -55,16 +55,20 @@ __all__ = ["HAFrame", "haframe", "haframe_shape", "simplex_etf"]
 
 def _embed(w0: torch.Tensor, dim: int, seed: int | None) -> torch.Tensor:
     """Rotate rows ``[K, r]`` into ``R^dim`` by an orthonormal ``[r, dim]`` map (seeded)."""
-    r = w0.shape[1]
+    k, r = w0.shape
+    # w0 padded with zero columns to [K, dim] (the map [I_r, 0]: no product needed)
+    padded = torch.zeros(dim, k, dtype=w0.dtype)  # transposed: ormqr applies Q from the left
+    padded[:r] = w0.T
     if seed is None:
-        rot = torch.eye(r, dim, dtype=w0.dtype)
-    else:
-        gen = torch.Generator().manual_seed(int(seed))
-        g = torch.randn(dim, r, generator=gen, dtype=w0.dtype)
-        q, rr = torch.linalg.qr(g)  # [dim, r], orthonormal columns
-        q = q * torch.sign(torch.diagonal(rr))  # unique (Haar) orthonormal factor
-        rot = q.T
-    return w0 @ rot
+        return padded.T
+    gen = torch.Generator().manual_seed(int(seed))
+    g = torch.randn(dim, r, generator=gen, dtype=w0.dtype)
+    # Q diag(sign diag R) of g's QR (unique, Haar), applied as w0 (Q D)ᵀ = (Q D w0ᵀ)ᵀ straight
+    # from the Householder factors: no explicit Q, no separate [K, r] × [r, dim] product
+    a, tau = torch.geqrf(g)
+    sign = torch.sign(torch.diagonal(a))
+    padded[:r] *= torch.where(sign == 0, torch.ones_like(sign), sign)[:, None]
+    return torch.ormqr(a, tau, padded).T
 
 
 def _check_dim(dim: Any, need: int, what: str) -> int:
@@ -180,6 +184,39 @@ def _shape_bisection(e: torch.Tensor, tol: float = 1e-10) -> float:
     return hi
 
 
+def _closed_form_frame(e: torch.Tensor) -> tuple[float, torch.Tensor] | None:
+    r"""``(s, W0)`` from one eigendecomposition of :math:`E`, or None when it is ill-posed.
+
+    :math:`E = U\Lambda U^\top`, :math:`c = U^\top 1`: :math:`q = \sum_i c_i^2/\lambda_i` gives
+    :math:`s = -1/(q-1)` (the closed form of :func:`haframe_shape`, with its conditioning test
+    on the same eigenvalues). With :math:`L = U((1-s)\Lambda)^{1/2}` and
+    :math:`z = L^{-1}1`, :math:`S(s) = L(I - \hat z\hat z^\top)L^\top` (:math:`|z|^2 = q - 1
+    = -1/s`), so :math:`W_0 = LB` with :math:`B` ``[K, K-1]`` an orthonormal basis of
+    :math:`\hat z^\perp` (the columns of one Householder reflection but the one along
+    :math:`\hat z`) has :math:`W_0W_0^\top = S` exactly: no eigendecomposition of :math:`S`.
+    """
+    evals, evecs = torch.linalg.eigh(e)
+    if not float(evals[0]) > 1e-10 * float(evals[-1]):  # also catches E not PD
+        return None
+    c = evecs.sum(dim=0)  # Uᵀ1
+    q = float((c.square() / evals).sum())
+    s = -1.0 / (q - 1.0)
+    root = ((1.0 - s) * evals).sqrt()
+    low = evecs * root  # L, [K, K]
+    z = c / root
+    z_norm = float(torch.linalg.vector_norm(z))
+    zhat = z / z_norm
+    j = int(zhat.abs().argmax())
+    sigma = 1.0 if float(zhat[j]) >= 0 else -1.0
+    v = zhat.clone()
+    v[j] += sigma  # H = I − 2vvᵀ/vᵀv maps e_j to −σ ẑ; its other columns span ẑ⊥
+    # L v = L ẑ + σ L e_j, with L ẑ = 1/|z| exactly (L z = 1)
+    lv = torch.full_like(z, 1.0 / z_norm) + sigma * low[:, j]
+    w0 = low - (2.0 / float(v @ v)) * lv[:, None] * v[None, :]
+    keep = torch.arange(e.shape[0]) != j
+    return s, w0[:, keep]
+
+
 def haframe_shape(
     e: torch.Tensor, *, method: Literal["auto", "closed_form", "bisection"] = "auto"
 ) -> tuple[float, str]:
@@ -264,14 +301,24 @@ def haframe(
     h = _check_distances(distances)
     k = h.shape[0]
     e = _similarity_base(h, mapping, gamma)
-    s, used = haframe_shape(e, method=method)
-    sim = (1 - s) * e + s
-    sim.fill_diagonal_(1.0)
-    evals, evecs = torch.linalg.eigh(sim)
-    keep = evals > k * torch.finfo(sim.dtype).eps * evals[-1]
-    rank = int(keep.sum())
+    if method not in ("auto", "closed_form", "bisection"):
+        raise ValueError(f"method must be 'auto', 'closed_form' or 'bisection', got {method!r}")
+    # closed form: one eigh of E gives s and the factor, no eigvalsh / Cholesky / eigh of S
+    closed = None if method == "bisection" else _closed_form_frame(e)
+    if closed is not None:
+        s, w0 = closed
+        used = "closed_form"
+        sim = (1 - s) * e + s
+        sim.fill_diagonal_(1.0)
+    else:
+        s, used = haframe_shape(e, method=method)  # raises for an ill-posed "closed_form"
+        sim = (1 - s) * e + s
+        sim.fill_diagonal_(1.0)
+        evals, evecs = torch.linalg.eigh(sim)
+        keep = evals > k * torch.finfo(sim.dtype).eps * evals[-1]
+        w0 = evecs[:, keep] * evals[keep].sqrt()
+    rank = w0.shape[1]
     _check_dim(dim, rank, f"an HAFrame whose similarity has rank {rank}")
-    w0 = evecs[:, keep] * evals[keep].sqrt()
     w = _embed(w0, dim, seed)
     w = w / torch.linalg.vector_norm(w, dim=1, keepdim=True)
     return HAFrame(

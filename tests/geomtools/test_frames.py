@@ -158,3 +158,23 @@ def test_frame_cosine_loss_value_and_gradient():
         FrameCosineLoss(w, alpha=1.5)
     with pytest.raises(TypeError, match="integers"):
         loss(h, y.float())
+
+
+def test_haframe_closed_form_factor_is_exact_at_a_larger_k():
+    """One eigh of E gives s and W (no eigh of S): W Wᵀ = S to 1e-12, s as haframe_shape's."""
+    h = torch.tensor(
+        [
+            [0.0 if i == j else (1.0 if i // 12 == j // 12 else 2.0) for j in range(120)]
+            for i in range(120)
+        ],
+        dtype=torch.float64,
+    )
+    frame = haframe(h, 130, gamma=2.0, seed=3)
+    assert frame.method == "closed_form"
+    s_ref, _ = haframe_shape(torch.exp(-2.0 * h / 2.0), method="closed_form")
+    assert frame.s == pytest.approx(s_ref, rel=1e-12)
+    w = frame.weight
+    assert w.shape == (120, 130)
+    assert float((w @ w.T - frame.similarity).abs().max()) <= 1e-12
+    assert torch.equal(w, haframe(h, 130, gamma=2.0, seed=3).weight)
+    assert haframe(h, 119, gamma=2.0, seed=3).weight.shape == (120, 119)  # rank K − 1
