@@ -148,11 +148,12 @@ def centroid(
     mu0_sq = mu[..., :1].detach().square()
     bad = ~(norm2.detach() >= math.sqrt(torch.finfo(wd).eps) * mu0_sq)  # NaN/inf included
     if bool(bad.any()):
+        wider = "" if wd == torch.float64 else " or work in float64"
         raise ValueError(
             f"centroid lies beyond the {wd} range of the hyperboloid: its distance to the "
             f"origin exceeds max_distance({wd}, k) = {max_distance(wd, float(k_t)):.4g} "
             f"(= {max_distance(wd):.3g}·√k), where ⟨μ, μ⟩_L cancels; rescale the points "
-            "(rescale_distance) or work in float64"
+            f"(rescale_distance){wider}"
         )
     out = mu * torch.sqrt(k_t) / torch.sqrt(norm2)
     return out.to(x.dtype)
