@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,11 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from analysis.collapse import NCCMismatch
 from analysis.hierarchy import HierarchicalMetrics
 from analysis.stats import EmptyClassWarning, FeatureStats
+from tests.analysis.spawn import run_workers
 
 K, D, N = 6, 5, 157
 SEED = 31
@@ -235,20 +234,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def reduced_states(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """The all-reduced states of every case on both ranks (one spawn for all cases)."""
     tmp = tmp_path_factory.mktemp("accumulators_dist")
-    context = mp.start_processes(
-        _worker,
-        args=(str(tmp / "rendezvous"), str(tmp)),
-        nprocs=WORLD_SIZE,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1.0):  # re-raises a worker's exception
-        if time.monotonic() > deadline:
-            for proc in context.processes:
-                proc.kill()
-                proc.join()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+    run_workers(_worker, (str(tmp / "rendezvous"), str(tmp)), WORLD_SIZE, TIMEOUT_S)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
 
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from analysis.stats import FeatureStats
+from tests.analysis.spawn import run_workers
 
 WORLD_SIZE = 2
 NUM_CLASSES, DIM = 9, 6  # class 8 has no samples on any rank
@@ -79,20 +78,7 @@ def test_all_reduce_two_ranks_equals_single_pass(tmp_path: Path) -> None:
     x, y, owner = make_data()
     assert set(np.unique(y[owner == 0])) != set(np.unique(y[owner == 1]))
 
-    context = mp.start_processes(
-        _worker,
-        args=(str(tmp_path / "rendezvous"), str(tmp_path)),
-        nprocs=WORLD_SIZE,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1.0):  # re-raises a worker's exception
-        if time.monotonic() > deadline:
-            for proc in context.processes:
-                proc.kill()
-                proc.join()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
+    run_workers(_worker, (str(tmp_path / "rendezvous"), str(tmp_path)), WORLD_SIZE, TIMEOUT_S)
 
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
     for key in ("plain", "tracked"):
