@@ -273,7 +273,9 @@ def extract_split_stats(
                 if ncc is not None:
                     result.ncc_mismatch[split] = mism / n
                 if hier is not None:
-                    result.hierarchy[split] = _reduce_hierarchy(hier, reduce).compute()
+                    if reduce is not None:
+                        hier.all_reduce()
+                    result.hierarchy[split] = hier.compute()
                 if split == "train":
                     train_stats = stats[classifier.name]
             if train_stats is not None:
@@ -333,24 +335,6 @@ def _reduce_counts(
     t = torch.tensor(counts, dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return int(t[0]), int(t[1]), int(t[2])
-
-
-def _reduce_hierarchy(hier: Any, reduce: Callable[..., Any] | None) -> Any:
-    """Sum the per-rank hierarchy accumulators (exact: their state is sums)."""
-    if reduce is None:
-        return hier
-    import torch.distributed as dist
-
-    from analysis.hierarchy import HierarchicalMetrics
-
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(
-        states, {k: v.cpu() if torch.is_tensor(v) else v for k, v in hier.state_dict().items()}
-    )
-    total = HierarchicalMetrics.from_state_dict(states[0])
-    for st in states[1:]:
-        total.merge(HierarchicalMetrics.from_state_dict(st))
-    return total
 
 
 def _pass(
