@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
@@ -23,3 +27,13 @@ def run_workers(
                 proc.kill()
                 proc.join()
             pytest.fail(f"distributed workers did not finish within {timeout} s")
+
+
+def join_gloo(rank: int, init_file: str, world_size: int) -> None:
+    """In a worker: one thread, loopback rendezvous, join a gloo group through ``init_file``."""
+    if sys.platform.startswith("linux"):  # rendezvous over loopback, whatever the hostname is
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )

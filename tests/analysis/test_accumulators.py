@@ -9,8 +9,6 @@ gloo processes reduced equal one process.
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import torch.distributed as dist
 from analysis.collapse import NCCMismatch
 from analysis.hierarchy import HierarchicalMetrics
 from analysis.stats import EmptyClassWarning, FeatureStats
-from tests.analysis.spawn import run_workers
+from tests.analysis.spawn import join_gloo, run_workers
 
 K, D, N = 6, 5, 157
 SEED = 31
@@ -210,12 +208,7 @@ def _owner_of_rows() -> torch.Tensor:
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    if sys.platform.startswith("linux"):  # rendezvous over loopback, whatever the hostname is
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
-    )
+    join_gloo(rank, init_file, WORLD_SIZE)
     try:
         values = data()
         rows = torch.nonzero(_owner_of_rows() == rank).flatten()

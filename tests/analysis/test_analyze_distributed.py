@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,14 @@ import torch.multiprocessing as mp
 from analysis.cli import main
 from analysis.report import Report
 from tests.analysis import tiny_model
+from tests.analysis.spawn import join_gloo
 
 SPEC = ["--model", "tests.analysis.tiny_model:model", "--data", "tests.analysis.tiny_model:data"]
 
 
 def _worker(rank: int, init_file: str, ckpts: str, out: str, extra: list[str]) -> None:
-    if sys.platform.startswith("linux"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ["WORLD_SIZE"], os.environ["RANK"] = "2", str(rank)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    join_gloo(rank, init_file, 2)
     try:
         argv = ["analyze", ckpts, *SPEC, *extra, "--out", out, "--no-progress"]
         rc = main([*argv, "--batch-size", "7"])

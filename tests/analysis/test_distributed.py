@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from analysis.stats import FeatureStats
-from tests.analysis.spawn import run_workers
+from tests.analysis.spawn import join_gloo, run_workers
 
 WORLD_SIZE = 2
 NUM_CLASSES, DIM = 9, 6  # class 8 has no samples on any rank
@@ -45,12 +43,7 @@ def feed(stats: FeatureStats, x: np.ndarray, y: np.ndarray, batch: int) -> None:
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    if sys.platform.startswith("linux"):  # rendezvous over loopback, whatever the hostname is
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
-    )
+    join_gloo(rank, init_file, WORLD_SIZE)
     try:
         x, y, owner = make_data()
         mine = owner == rank
