@@ -12,7 +12,9 @@ Subcommands (each has ``--help``):
   (``.pt``/``.npz``/``.safetensors``, see :mod:`analysis.io`) into the same database;
 * ``geomtools merge OUT1 OUT2 ... --out OUT`` and ``geomtools forget RUN --out OUT``;
 * ``geomtools plot OUT [--out DIR]`` — render the figures of an output folder;
-* ``geomtools frame HIERARCHY --gamma G --dim D`` — write a HAFrame for an is-a hierarchy.
+* ``geomtools frame HIERARCHY --gamma G --dim D`` — write a HAFrame for an is-a hierarchy;
+* ``geomtools reproduce NAME|all --out DIR [--seeds N] [--quick]`` — train, analyse and judge
+  a paper's claims on locally generated data (:mod:`analysis.studies`).
 
 Errors (missing or unreadable files, bad module paths, checkpoints that do not match the
 model, unusable output folders, unknown devices) are one line on stderr and exit status 2;
@@ -234,6 +236,36 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from analysis.studies import STUDIES, study_module
+    from analysis.studies.study import run_study
+
+    names = list(STUDIES) if args.name == "all" else [args.name]
+    modules = [study_module(n) for n in names]
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be ≥ 1, got {args.seeds}")
+    if not args.force:  # refuse before hours of training, not after
+        for n in names:
+            if (Path(args.out) / n).exists():
+                raise FileExistsError(
+                    f"{Path(args.out) / n} exists; pass --force to replace it "
+                    "(it is kept until the new run is complete)"
+                )
+    for module in modules:
+        result = run_study(
+            module,
+            args.out,
+            seeds=args.seeds,
+            quick=args.quick,
+            progress=not args.no_progress,
+            force=args.force,
+        )
+        print(f"{module.NAME}: {result.folder} ({result.seconds:.0f} s)")
+        for claim in result.claims:
+            print(f"  {claim.verdict:<30} {claim.statement}")
+    return 0
+
+
 def _cmd_frame(args: argparse.Namespace) -> int:
     from analysis.io import atomic_torch_save
     from geomtools.frames import Hierarchy, haframe
@@ -295,6 +327,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="skip rendering the figures")
     p.add_argument("--force", action="store_true", help="retrain and reanalyse everything")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="reproduce a paper's claims: train, analyse, figures and a verdict per claim",
+        description="Train small models on data generated on this machine (MNIST-1D, digits; "
+        "nothing is downloaded), analyse them with the toolkit and write OUT/NAME/: figures, "
+        "a tidy CSV (one row per seed, variant, epoch and metric) and summary.md with a "
+        "verdict per claim. See docs/studies/.",
+    )
+    from analysis.studies import STUDIES
+
+    p.add_argument(
+        "name",
+        choices=[*STUDIES, "all"],
+        help="the study (all: each in turn)",
+    )
+    common(p, "geomtools-studies")
+    p.add_argument(
+        "--seeds", type=int, default=None, help="number of seeds (default: 3, or 1 with --quick)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="fewer epochs and one seed: minutes, for CI"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing OUT/NAME")
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser(
         "analyze",
@@ -481,7 +538,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("analyze", "features", "demo"):
+    if args.command in ("analyze", "features", "demo", "reproduce"):
         _keep_large_buffers()
     if hasattr(args, "no_progress") and not sys.stderr.isatty() and not args.progress:
         args.no_progress = True  # no progress bars in log files, unless asked
