@@ -15,6 +15,7 @@ Every generator restores NumPy's global random state afterwards: ``mnist1d`` dra
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,20 +33,20 @@ def _numpy_global_seed(seed: int) -> Iterator[None]:
     """Seed NumPy's (and ``random``'s) global generators; restore both on exit."""
     import random
 
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 - mnist1d draws from the global state
     py_state = random.getstate()
     try:
-        np.random.seed(seed)
+        np.random.seed(seed)  # noqa: NPY002
         random.seed(seed)
         yield
     finally:
-        np.random.set_state(np_state)
+        np.random.set_state(np_state)  # noqa: NPY002
         random.setstate(py_state)
 
 
 def _mnist1d_args(**overrides: Any) -> Any:
     try:
-        from mnist1d.data import get_dataset_args
+        from mnist1d.data import get_dataset_args  # type: ignore[import-untyped]
     except ImportError as err:  # pragma: no cover - a declared dependency
         raise ImportError(
             "the studies need the 'mnist1d' package (pip install mnist1d); it generates "
@@ -170,7 +171,7 @@ def hierarchical_mnist1d(
     seed : int
         Seed of the templates and of the transformations.
     """
-    from mnist1d.transform import transform
+    from mnist1d.transform import transform  # type: ignore[import-untyped]
 
     from geomtools.frames import Hierarchy
 
@@ -185,7 +186,7 @@ def hierarchical_mnist1d(
     # paths from the root: one tuple of child indices per leaf, in leaf-label order
     paths: list[tuple[int, ...]] = [()]
     for b in branching:
-        paths = [p + (i,) for p in paths for i in range(b)]
+        paths = [(*p, i) for p in paths for i in range(b)]
     curves: dict[tuple[int, ...], np.ndarray] = {}
     templates = []
     for path in paths:
@@ -196,11 +197,11 @@ def hierarchical_mnist1d(
                 curves[node] = _smooth_curve(rng, 12)
             t += amplitudes[depth - 1] * curves[node]
         templates.append(t / 6.0)  # the scale of mnist1d's own templates
-    edges = []
+    edges: list[tuple[str, str | int]] = []
     for path in paths:
         names = ["g" + ".".join(str(i) for i in path[:d]) for d in range(1, len(path))]
         chain = ["root", *names]
-        edges += list(zip(chain[:-1], chain[1:], strict=True))
+        edges += list(itertools.pairwise(chain))
     leaf_parent = {
         leaf: ("g" + ".".join(str(i) for i in path[:-1])) if len(path) > 1 else "root"
         for leaf, path in enumerate(paths)
@@ -224,7 +225,7 @@ def hierarchical_mnist1d(
     for label in range(len(templates)):
         idx = np.flatnonzero(y_all == label)
         idx = rng.permutation(idx)
-        test[idx[: int(round(test_fraction * len(idx)))]] = True
+        test[idx[: round(test_fraction * len(idx))]] = True
     order_tr = rng.permutation(np.flatnonzero(~test))
     order_te = np.flatnonzero(test)
     splits = {
