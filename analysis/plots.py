@@ -58,6 +58,7 @@ import numpy.typing as npt
 from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -397,32 +398,95 @@ def _runs_in_order(rows: Iterable[Mapping[str, Any]]) -> list[str]:
 _X_LABELS = {"epoch": "epoch", "step": "step", "checkpoint": "checkpoint (index)"}
 
 
+def _records(rows: Any) -> Any:
+    """Rows as an iterable of mappings; a ``pandas.DataFrame`` becomes records (NA → None)."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
+        frame = rows.astype(object).where(rows.notna(), None)
+        return frame.to_dict("records")
+    return rows
+
+
+def _long_frame(
+    rows: Sequence[Mapping[str, Any]], x_key: str, fn: str, hue: str
+) -> tuple[Any, list[str], dict[str, int]]:
+    """Validated rows as a long DataFrame ``group, run, split, metric, x, value``.
+
+    ``group`` is each row's ``hue`` value (a run must have one); returns the frame, the
+    groups in order of first appearance, and the number of runs in each group.
+    """
+    import pandas as pd
+
+    series = _series(rows, x_key, fn)
+    group_of: dict[str, str] = {}
+    for r in rows:
+        if hue not in r or r[hue] is None:
+            raise ValueError(f"{fn}: hue={hue!r} but a row of run {r['run']!r} has no {hue!r}")
+        g = str(r[hue])
+        if group_of.setdefault(str(r["run"]), g) != g:
+            raise ValueError(f"{fn}: run {r['run']!r} has two values of {hue!r}")
+    records = [
+        {"group": group_of[run], "run": run, "split": s, "metric": m, "x": xv, "value": yv}
+        for (run, s, m), (xs, ys) in series.items()
+        for xv, yv in zip(xs.tolist(), ys.tolist(), strict=True)
+    ]
+    frame = pd.DataFrame(records, columns=["group", "run", "split", "metric", "x", "value"])
+    groups = list(dict.fromkeys(group_of[str(r["run"])] for r in rows))
+    sizes = {g: sum(1 for v in group_of.values() if v == g) for g in groups}
+    return frame, groups, sizes
+
+
+def _aggregation(runs: int) -> dict[str, Any]:
+    """seaborn.lineplot arguments: a lone run drawn point by point, several as mean ± sd."""
+    if runs > 1:
+        return {"estimator": "mean", "errorbar": "sd"}
+    return {"estimator": None, "errorbar": None, "sort": False}  # ties keep the row order
+
+
+def _hue_note(hue: str, sizes: Mapping[str, int], *, log: bool) -> str | None:
+    """Legend title part saying what the bands are, when a group holds several runs."""
+    if all(n == 1 for n in sizes.values()):
+        return None
+    counts = sorted(set(sizes.values()))
+    n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    what = "geometric mean, band ± sd of log" if log else "mean ± sd"
+    return f"{what}\nover {n} runs per {hue}"
+
+
 # ---------------------------------------------------------------------------- figures
 def nc_trajectories(
-    rows: Iterable[Mapping[str, Any]],
+    rows: Iterable[Mapping[str, Any]] | Any,
     *,
     metrics: Sequence[str] = DEFAULT_METRICS,
     split: str = "train",
     x: Literal["epoch", "step", "checkpoint"] = "epoch",
+    hue: str = "run",
     axes: Sequence[Axes] | None = None,
 ) -> tuple[Figure, list[Axes]]:
-    """Neural-collapse metrics versus training time, one log-y panel per metric.
+    r"""Neural-collapse metrics versus training time, one log-y panel per metric.
 
     The layout of Papyan, Han & Donoho 2020 [1]_, Figs. 2–6: each panel shows one metric
     (NC1 = tr(Σ_W Σ_B⁺)/K, equinorm, equiangularity, self-duality, NCC mismatch) against the
-    epoch on a logarithmic y axis, with one curve per run. A run keeps its colour in every
-    panel; one legend for the figure stands beside the panels (never on the curves).
+    epoch on a logarithmic y axis, one line per value of ``hue`` (by default one per run),
+    drawn with :func:`seaborn.lineplot`. Runs that share a ``hue`` value (the seeds of one
+    variant, given a ``variant`` column) become one line: their mean, with a band of ± one
+    standard deviation (``errorbar="sd"``; deterministic, no bootstrap). On the log axis
+    seaborn aggregates the log values: the line is the geometric mean and the band spans a
+    factor of :math:`10^{\pm \mathrm{sd}(\log_{10} v)}` — the right average for quantities
+    that span decades. A line keeps its
+    colour in every panel; one legend for the figure stands beside the panels (never on the
+    curves) and says what the bands are.
 
     Zeros cannot sit on a log axis, but an NCC mismatch of 0 is the key result: exact zeros
-    are drawn as ▼ markers on a floor one decade below the panel's smallest positive value,
-    and the panel says so. Negative values (impossible for these metrics but for round-off)
-    are skipped and counted in the note. A metric with no rows for ``split`` gives a panel that
-    says "no data".
+    are drawn on a floor one decade below the panel's smallest positive value, marked ▼, and
+    the panel says so (means and bands are taken with zeros at the floor). Negative values
+    (impossible for these metrics but for round-off) are skipped and counted in the note. A
+    metric with no rows for ``split`` gives a panel that says "no data".
 
     Parameters
     ----------
-    rows : iterable of mapping
-        Tidy rows (see the module docstring); rows of other splits/metrics are ignored.
+    rows : iterable of mapping, or pandas.DataFrame
+        Tidy rows (see the module docstring; :func:`analysis.report.load` gives a frame);
+        rows of other splits/metrics are ignored.
     metrics : sequence of str
         Metric names, one panel each, in this order.
     split : str
@@ -430,6 +494,9 @@ def nc_trajectories(
     x : {"epoch", "step", "checkpoint"}
         Quantity on the x axis. If any selected row lacks it, falls back to ``step``, then to
         checkpoint order (the order in which each run's checkpoints first appear in ``rows``).
+    hue : str
+        The row key whose values are the lines (``"run"``; e.g. ``"variant"`` to aggregate
+        seeds). Each run must have one value of it.
     axes : sequence of Axes, optional
         One axes per metric to draw into; by default a new figure is made.
 
@@ -437,17 +504,20 @@ def nc_trajectories(
     -------
     fig : Figure
     axes : list of Axes
-        One per metric; every one has ``get_yscale() == "log"``.
+        One per metric; every one has ``get_yscale() == "log"``; ``ax.lines`` holds one line
+        per ``hue`` value with data, labelled with it.
 
     Raises
     ------
     ValueError
         If ``rows`` or ``metrics`` is empty, a row lacks a key, a selected value is NaN/Inf
-        or not a number, two rows share (run, checkpoint, split, metric), or ``axes`` has the
-        wrong length.
+        or not a number, two rows share (run, checkpoint, split, metric), a run has no or two
+        ``hue`` values, or ``axes`` has the wrong length.
     """
+    import seaborn as sns
+
     fn = "nc_trajectories"
-    all_rows = _check_rows(rows, fn)
+    all_rows = _check_rows(_records(rows), fn)
     metrics = list(metrics)
     if not metrics:
         raise ValueError(f"{fn}: metrics is empty")
@@ -455,10 +525,9 @@ def nc_trajectories(
         raise ValueError(f"{fn}: got {len(axes)} axes for {len(metrics)} metrics")
     wanted = set(metrics)
     sel = [r for r in all_rows if r["split"] == split and r["metric"] in wanted]
-    runs = _runs_in_order(sel)
-    run_style = _run_styles(runs)
     x_key = _x_key(sel, x)
-    series = _series(sel, x_key, fn)
+    frame, groups, sizes = _long_frame(sel, x_key, fn, hue)
+    group_style = _run_styles(groups)
     with style():
         if axes is None:
             fig, axs = _new_figure(len(metrics))
@@ -470,33 +539,39 @@ def nc_trajectories(
             ax.set_yscale("log")
             ax.set_title(_METRIC_LABELS.get(metric, metric))
             ax.set_xlabel(_X_LABELS[x_key])
-            panel = [series[(r, split, metric)] for r in runs if (r, split, metric) in series]
-            positives = [ys[ys > 0] for _, ys in panel]
-            smallest = min((float(p.min()) for p in positives if p.size), default=None)
-            # an exact 0 (NCC mismatch reaching zero is the key result) is drawn as ▼ on a
-            # floor one decade below the smallest positive value, not dropped
-            floor = smallest / 10.0 if smallest is not None else None
-            n_negative = n_zero = 0
-            drawn = False
-            for run in runs:
-                if (run, split, metric) not in series:
+            panel = frame[frame["metric"] == metric]
+            positive = panel["value"] > 0
+            n_negative = int((panel["value"] < 0).sum())
+            # an exact 0 (NCC mismatch reaching zero is the key result) sits on a floor one
+            # decade below the smallest positive value, marked, never dropped
+            floor = float(panel.loc[positive, "value"].min()) / 10.0 if positive.any() else None
+            shown = panel[positive | (panel["value"] == 0)].copy() if floor else panel[positive]
+            zero = shown["value"] == 0
+            n_zero = int(zero.sum())
+            shown.loc[zero, "value"] = floor
+            for group in groups:
+                sub = shown[shown["group"] == group]
+                if sub.empty:
                     continue
-                xs, ys = series[(run, split, metric)]
-                keep = ys > 0
-                zero = ys == 0
-                n_negative += int((ys < 0).sum())
-                color, ls = run_style[run]
-                if keep.any():
-                    line = ax.plot(
-                        xs[keep], ys[keep], marker="o", label=run, color=color, linestyle=ls
-                    )[0]
-                    handles.setdefault(run, line)
-                    drawn = True
-                if zero.any() and floor is not None:
-                    n_zero += int(zero.sum())
-                    ax.scatter(xs[zero], np.full(int(zero.sum()), floor), marker="v", color=color)
-            if not drawn:
-                _no_data(ax, "no positive values" if n_negative or n_zero else "no data")
+                color, ls = group_style[group]
+                sns.lineplot(
+                    data=sub,
+                    x="x",
+                    y="value",
+                    ax=ax,
+                    color=color,
+                    linestyle=ls,
+                    marker="o",
+                    **_aggregation(sizes[group]),
+                    label=group,
+                    legend=False,
+                )
+                handles.setdefault(group, ax.lines[-1])
+                at_floor = sub[zero.loc[sub.index]]
+                if not at_floor.empty:
+                    ax.scatter(at_floor["x"], at_floor["value"], marker="v", color=color, zorder=3)
+            if shown.empty:
+                _no_data(ax, "no positive values" if n_negative else "no data")
                 ax.set_ylim(0.1, 10.0)
             notes = []
             if n_zero:
@@ -505,9 +580,15 @@ def nc_trajectories(
                 notes.append(f"{n_negative} negative value(s) not shown")
             if notes:
                 _corner_note(ax, "\n".join(notes))
+            ax.set_ylabel("")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no 2.5
         if handles:  # one legend for the figure, beside the panels: never on the curves
+            note = _hue_note(hue, sizes, log=True)
             fig.legend(
-                list(handles.values()), list(handles), loc="outside right upper", title="run"
+                list(handles.values()),
+                list(handles),
+                loc="outside right upper",
+                title=hue if note is None else f"{hue}\n({note})",
             )
         if axes is None:
             fig.suptitle(f"{split} split")
@@ -515,68 +596,80 @@ def nc_trajectories(
 
 
 def accuracy_curves(
-    rows: Iterable[Mapping[str, Any]],
+    rows: Iterable[Mapping[str, Any]] | Any,
     *,
     metric: str = "accuracy",
     x: Literal["epoch", "step", "checkpoint"] = "epoch",
+    hue: str = "run",
     ax: Axes | None = None,
 ) -> tuple[Figure, Axes]:
-    """Accuracy versus training time: one colour per run, train solid, test dashed.
+    """Accuracy versus training time: one colour per ``hue`` value, train solid, test dashed.
 
     The companion of the trajectories in Papyan, Han & Donoho 2020 [1]_ (their Fig. 1 shows
-    the training error reaching zero before the terminal phase). Linear y axis.
+    the training error reaching zero before the terminal phase). Linear y axis; drawn with
+    :func:`seaborn.lineplot`, runs sharing a ``hue`` value aggregated as in
+    :func:`nc_trajectories` (mean, ± one standard deviation band).
 
     Parameters
     ----------
-    rows : iterable of mapping
+    rows : iterable of mapping, or pandas.DataFrame
         Tidy rows; only those with ``metric`` are used, all splits.
     metric : str
         The metric to draw.
     x : {"epoch", "step", "checkpoint"}
         As in :func:`nc_trajectories`, including the fallbacks.
+    hue : str
+        As in :func:`nc_trajectories`.
     ax : Axes, optional
 
     Returns
     -------
     fig : Figure
     ax : Axes
-        One line per (run, split) present.
+        One line per (``hue`` value, split) present, labelled ``"<hue value> (<split>)"``.
 
     Raises
     ------
     ValueError
         As :func:`nc_trajectories`; a figure without any ``metric`` row says "no data".
     """
+    import seaborn as sns
+
     fn = "accuracy_curves"
-    sel = [r for r in _check_rows(rows, fn) if r["metric"] == metric]
-    runs = _runs_in_order(sel)
-    run_style = _run_styles(runs)
-    splits = sorted({str(r["split"]) for r in sel}, key=_split_key)
+    sel = [r for r in _check_rows(_records(rows), fn) if r["metric"] == metric]
     x_key = _x_key(sel, x)
-    series = _series(sel, x_key, fn)
+    frame, groups, sizes = _long_frame(sel, x_key, fn, hue)
+    group_style = _run_styles(groups)
+    splits = sorted({str(r["split"]) for r in sel}, key=_split_key)
     dashes = {s: _LINESTYLES[i % len(_LINESTYLES)] for i, s in enumerate(splits)}
     with style():
         if ax is None:
             fig, (ax,) = _new_figure(1, extra_width=1.6)
         else:
             fig = _figure_of(ax)
-        for run in runs:
+        for group in groups:
             for s in splits:
-                if (run, s, metric) not in series:
+                sub = frame[(frame["group"] == group) & (frame["split"] == s)]
+                if sub.empty:
                     continue
-                xs, ys = series[(run, s, metric)]
-                ax.plot(
-                    xs,
-                    ys,
-                    marker="o",
-                    color=run_style[run][0],
+                sns.lineplot(
+                    data=sub,
+                    x="x",
+                    y="value",
+                    ax=ax,
+                    color=group_style[group][0],
                     linestyle=dashes[s],
-                    label=f"{run} ({s})",
+                    marker="o",
+                    **_aggregation(sizes[group]),
+                    label=f"{group} ({s})",
+                    legend=False,
                 )
         ax.set_xlabel(_X_LABELS[x_key])
         ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
-        if sel:
-            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # runs × splits entries
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if sel:  # groups × splits entries, beside the axes
+            note = _hue_note(hue, sizes, log=False)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title=note)
         else:
             _no_data(ax)
     return fig, ax
@@ -725,8 +818,9 @@ def cosine_heatmap(
     -------
     fig : Figure
     axes : list of Axes
-        ``[cosines]`` or ``[cosines, deviation]``; each holds the matrix as ``images[0]``
-        (``images[0].get_array()`` is the plotted, permuted matrix).
+        ``[cosines]`` or ``[cosines, deviation]``, drawn with :func:`seaborn.heatmap`; each
+        holds the plotted, permuted matrix as the mesh ``collections[0]``
+        (``collections[0].get_array()``, row-major).
 
     Raises
     ------
@@ -735,6 +829,8 @@ def cosine_heatmap(
         permutation of ``range(K)``, ``labels`` has the wrong length, any input contains
         NaN/Inf, or the number of axes is wrong.
     """
+    import seaborn as sns
+
     fn = "cosine_heatmap"
     v = _as_float_array(vectors, f"{fn}: vectors")
     if v.ndim != 2 or v.shape[0] == 0:
@@ -771,28 +867,34 @@ def cosine_heatmap(
     tick_labels = (
         [str(labels[int(i)]) for i in perm] if labels is not None else [str(int(i)) for i in perm]
     )
+    show_ticks = labels is not None or k <= 40
+    ticks: Any = tick_labels if show_ticks else False
     with style():
         if axs is None:
             fig, axs = _new_figure(n_panels)
         else:
             fig = _figure_of(axs[0])
-        im = axs[0].imshow(cos, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
-        axs[0].set_title(f"cosine of {vectors_are}")
-        fig.colorbar(im, ax=axs[0], shrink=0.85)
+        panels = [(cos, 1.0, f"cosine of {vectors_are}")]
         if tgt is not None:
             dev = cos - tgt[np.ix_(perm, perm)]
-            lim = float(np.abs(dev).max()) or 1.0
-            im2 = axs[1].imshow(dev, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-            axs[1].set_title("cos − target")
-            fig.colorbar(im2, ax=axs[1], shrink=0.85)
-        for ax in axs:
-            ax.grid(False)
-            if labels is not None or k <= 40:
-                ax.set_xticks(range(k), tick_labels, rotation=90, fontsize=6 if k > 12 else 8)
-                ax.set_yticks(range(k), tick_labels, fontsize=6 if k > 12 else 8)
-            else:
-                ax.set_xticks([])
-                ax.set_yticks([])
+            panels.append((dev, float(np.abs(dev).max()) or 1.0, "cos − target"))
+        for ax, (matrix, lim, panel_title) in zip(axs, panels, strict=True):
+            sns.heatmap(
+                matrix,
+                ax=ax,
+                cmap="RdBu_r",
+                vmin=-lim,
+                vmax=lim,  # symmetric: 0 is the centre (seaborn's center= would recolour)
+                square=True,
+                xticklabels=ticks,
+                yticklabels=ticks,
+                cbar_kws={"shrink": 0.85},
+            )
+            ax.set_title(panel_title)
+            if show_ticks:
+                size = 6 if k > 12 else 8
+                ax.tick_params(axis="x", labelrotation=90, labelsize=size)
+                ax.tick_params(axis="y", labelrotation=0, labelsize=size)
             ax.set_xlabel("class")
             ax.set_ylabel("class")
         if title is not None:

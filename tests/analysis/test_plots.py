@@ -67,7 +67,10 @@ def line_xy(line: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def image_data(ax: Any) -> np.ndarray:
-    return np.asarray(ax.images[0].get_array())
+    """The matrix a seaborn heatmap drew (its mesh's values, row-major)."""
+    values = np.asarray(ax.collections[0].get_array(), dtype=float)
+    k = round(np.sqrt(values.size))
+    return values.reshape(k, k)
 
 
 def panel_texts(ax: Any) -> list[str]:
@@ -146,11 +149,17 @@ def test_nc_trajectories_skips_non_positive_without_warnings(tmp_path: Path) -> 
     fig, axes = nc_trajectories(rows, metrics=("nc1", "ncc_mismatch"))
     ax = axes[1]
     assert [ln.get_label() for ln in ax.lines] == ["etf", "haframe"]
+    # the two zeros of etf are visible: the line reaches a floor a decade below the smallest
+    # positive value, where ▼ marks them
+    smallest = min(
+        r["value"]
+        for r in rows
+        if r["metric"] == "ncc_mismatch" and r["split"] == "train" and r["value"] > 0
+    )
     x, y = line_xy(ax.lines[0])
-    np.testing.assert_array_equal(x, [0, 10, 20])
-    assert (np.asarray(y) > 0).all()
-    # the two zeros of etf are visible: ▼ at a floor a decade below the smallest value
-    smallest = min(float(np.min(line_xy(ln)[1])) for ln in ax.lines)
+    np.testing.assert_array_equal(x, [0, 10, 20, 50, 100])
+    assert (y[:3] > 0).all()
+    np.testing.assert_allclose(y[3:], smallest / 10, rtol=1e-14)  # via log10 and back
     (zeros,) = ax.collections
     np.testing.assert_allclose(zeros.get_offsets(), [[50, smallest / 10], [100, smallest / 10]])
     assert any("2 zero(s) drawn as ▼" in t and "5 negative" in t for t in panel_texts(ax))
@@ -212,6 +221,39 @@ def test_nc_trajectories_errors() -> None:
         nc_trajectories([{**rows[0], "value": "abc"}])
     with pytest.raises(ValueError, match="x must be"):
         nc_trajectories(rows, x="time")  # type: ignore[arg-type]
+
+
+def test_nc_trajectories_mean_and_band_over_seeds() -> None:
+    import pandas as pd
+
+    rows = make_rows(runs=("a-s0", "a-s1", "b-s0"), splits=("train",), metrics=("nc1",))
+    for r in rows:
+        r["variant"] = r["run"].split("-")[0]
+        if r["run"] == "a-s1":
+            r["value"] *= 3
+    frame = pd.DataFrame(rows).astype({"epoch": "Int64"})  # a report.load()-like frame
+    fig, axes = nc_trajectories(frame, metrics=("nc1",), hue="variant")
+    ax = axes[0]
+    assert [ln.get_label() for ln in ax.lines] == ["a", "b"]
+    _x, y = line_xy(ax.lines[0])
+    s0, s1 = (np.array([r["value"] for r in rows if r["run"] == run]) for run in ("a-s0", "a-s1"))
+    # on the log axis: the geometric mean of the two seeds, and a band of ± one sd of log10
+    logs = np.log10([s0, s1])
+    mean, sd = logs.mean(0), logs.std(0, ddof=1)
+    np.testing.assert_allclose(y, 10**mean, rtol=1e-12)
+    (band,) = ax.collections  # the two seeds of a have a band; b has one run, none
+    edges = band.get_paths()[0].vertices[:, 1]
+    want = np.concatenate([10 ** (mean - sd), 10 ** (mean + sd)])
+    np.testing.assert_allclose(np.unique(edges.round(12)), np.unique(want.round(12)))
+    (legend,) = fig.legends
+    title = legend.get_title().get_text()
+    assert "geometric mean, band ± sd of log\nover 1–2 runs per variant" in title
+    bad = [dict(r) for r in rows]
+    bad[0]["variant"] = "c"
+    with pytest.raises(ValueError, match="two values of 'variant'"):
+        nc_trajectories(bad, metrics=("nc1",), hue="variant")
+    with pytest.raises(ValueError, match="has no 'seed'"):
+        nc_trajectories(rows, metrics=("nc1",), hue="seed")
 
 
 def test_accuracy_curves() -> None:
@@ -278,7 +320,7 @@ def test_cosine_heatmap_order_target_labels() -> None:
     np.testing.assert_allclose(image_data(axes[0]), cos[np.ix_(order, order)], atol=1e-12)
     np.testing.assert_allclose(image_data(axes[1]), (cos - etf)[np.ix_(order, order)], atol=1e-12)
     assert [t.get_text() for t in axes[0].get_yticklabels()] == ["c", "a", "d", "b"]
-    vmin, vmax = axes[1].images[0].get_clim()
+    vmin, vmax = axes[1].collections[0].get_clim()
     assert vmin == -vmax  # diverging colormap centred at 0
     # an exact simplex ETF has zero deviation
     simplex = np.eye(k) - 1 / k
@@ -485,7 +527,7 @@ def test_nc_trajectories_two_checkpoints_at_one_epoch() -> None:
     _, axes = nc_trajectories(rows, metrics=("nc1",))
     x, y = line_xy(axes[0].lines[0])
     np.testing.assert_array_equal(x, [*EPOCHS, EPOCHS[-1]])
-    assert y[-1] == 5e-5
+    assert y[-1] == pytest.approx(5e-5, rel=1e-14)  # seaborn's log10 round trip
 
 
 # ---------------------------------------------------------------- depth and hierarchy figures
