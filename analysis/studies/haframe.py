@@ -476,7 +476,7 @@ def _figures(ctx: StudyContext, rows: Sequence[Mapping[str, Any]], s: Settings) 
         ctx.save_figure(fig, "haframe_hdist_at_k")
 
         # collapse over epochs: NC1 and frame distance
-        fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), layout="constrained")
+        fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6), layout="constrained")
         nc = df[(df["metric"] == "nc1") & (df["split"] == "train")]
         sns.lineplot(
             data=nc,
@@ -509,7 +509,7 @@ def _figures(ctx: StudyContext, rows: Sequence[Mapping[str, Any]], s: Settings) 
         axes[1].set_title("frame distance (etf: to its ETF; others: to HAFrame)")
         for ax in axes:
             ax.set_xlabel("epoch")
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.suptitle(f"HAFrame study: collapse over epochs, {seeds} (mean ± sd)")
         ctx.save_figure(fig, "haframe_collapse")
 
