@@ -486,7 +486,8 @@ def nc_trajectories(
     ----------
     rows : iterable of mapping, or pandas.DataFrame
         Tidy rows (see the module docstring; :func:`analysis.report.load` gives a frame);
-        rows of other splits/metrics are ignored.
+        rows of other splits/metrics are ignored, and with rows of several layers each run's
+        classifier-input layer (the layer of its ``accuracy`` rows) is drawn.
     metrics : sequence of str
         Metric names, one panel each, in this order.
     split : str
@@ -517,7 +518,7 @@ def nc_trajectories(
     import seaborn as sns
 
     fn = "nc_trajectories"
-    all_rows = _check_rows(_records(rows), fn)
+    all_rows = _classifier_rows(_check_rows(_records(rows), fn))
     metrics = list(metrics)
     if not metrics:
         raise ValueError(f"{fn}: metrics is empty")
@@ -636,7 +637,7 @@ def accuracy_curves(
     import seaborn as sns
 
     fn = "accuracy_curves"
-    sel = [r for r in _check_rows(_records(rows), fn) if r["metric"] == metric]
+    sel = [r for r in _classifier_rows(_check_rows(_records(rows), fn)) if r["metric"] == metric]
     x_key = _x_key(sel, x)
     frame, groups, sizes = _long_frame(sel, x_key, fn, hue)
     group_style = _run_styles(groups)
