@@ -356,6 +356,22 @@ class _Diverged(Exception):
     """A non-finite loss, parameter or curvature."""
 
 
+@dataclass(frozen=True)
+class _Divergence:
+    """Where and why a run diverged (for the notes)."""
+
+    variant: str
+    seed: int
+    epoch: int
+    step: int
+    why: str
+
+
+def _non_finite(model: nn.Module) -> list[str]:
+    """Names of the parameters with a non-finite entry."""
+    return [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
 @dataclass
 class _Run:
     variant: str
@@ -387,10 +403,6 @@ def _param_groups(run: _Run, weight_decay: float) -> list[dict[str, Any]]:
     return groups
 
 
-def _finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
 def _autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
     if dtype is None:
         return contextlib.nullcontext()
@@ -412,11 +424,11 @@ def _train(
     data: _Data,
     cfg: Settings,
     evaluate: _Eval | None,
-    reasons: list[str],
+    reasons: list[_Divergence],
 ) -> list[dict[tuple[str, str], float]]:
     """Train one run; one record ``{(metric, split): value}`` per epoch (NaN after divergence).
 
-    ``reasons`` receives one line per diverged run (where and why).
+    ``reasons`` receives one entry per diverged run (where and why).
     """
     from geomtools.optim import CurvatureAwareStep, RiemannianAdamW
 
@@ -457,15 +469,18 @@ def _train(
                     if run.method == "naive-clamp":
                         with torch.no_grad():
                             model.k.clamp_(*K_RANGE)
-                    if not _finite(model) or (model.manifold is not None and not bool(model.k > 0)):
-                        raise _Diverged("non-finite parameter or k ≤ 0")
+                    bad = _non_finite(model)
+                    if bad:
+                        raise _Diverged("non-finite " + ", ".join(bad) + " after the step")
+                    if model.manifold is not None and not bool(model.k > 0):
+                        raise _Diverged(f"k = {float(model.k):.3g} ≤ 0 after the step")
                 except (_Diverged, ValueError, RuntimeError) as err:
                     diverged = True
                     msg = str(err).splitlines()[0][:90]
-                    reasons.append(
-                        f"{run.variant} seed {run.seed}: epoch {epoch} ({type(err).__name__}: "
-                        f"{msg})"
-                    )
+                    if not isinstance(err, _Diverged):
+                        msg = f"{type(err).__name__}: {msg}"
+                    step = (epoch - 1) * (n // bs) + i // bs + 1
+                    reasons.append(_Divergence(run.variant, run.seed, epoch, step, msg))
                     break
                 losses.append(float(loss.detach()))
             if sched is not None:
@@ -852,14 +867,14 @@ def _figures(ctx: StudyContext, rows: list[dict[str, Any]], cfg: Settings) -> No
             marker="o",
             ax=axes[0],
         )
-        for d, dt in DTYPES.items():
+        for (d, dt), va in zip(DTYPES.items(), ("bottom", "top"), strict=True):
             axes[0].axhline(max_distance(dt), color="0.5", lw=0.8, ls=":")
             axes[0].annotate(
                 f"D({d}) = {max_distance(dt):.2f}",
                 (1.0, max_distance(dt)),
                 xycoords=("axes fraction", "data"),
                 ha="right",
-                va="bottom",
+                va=va,
                 fontsize=7,
                 color="0.35",
             )
@@ -869,25 +884,35 @@ def _figures(ctx: StudyContext, rows: list[dict[str, Any]], cfg: Settings) -> No
         axes[0].set_ylabel("max distance to the origin (test embeddings)")
         axes[0].set_title(f"largest distance to the origin, {spread}")
         axes[0].legend(loc="upper left", fontsize=7)
-        pdiv = prec[(prec["metric"] == "diverged") & (prec["epoch"] == cfg.precision_epochs)]
-        sns.barplot(data=pdiv, x="variant", y="value", order=order, errorbar=None, ax=axes[1])
-        counts = pdiv.groupby("variant")["value"].agg(["sum", "count"])
+        at_end = prec[prec["epoch"] == cfg.precision_epochs]
+        sns.barplot(
+            data=at_end[(at_end["metric"] == "recall@1") & (at_end["split"] == "test")],
+            x="variant",
+            y="value",
+            order=order,
+            hue="variant",
+            hue_order=order,
+            errorbar="sd",
+            capsize=0.1,
+            ax=axes[1],
+        )
+        div = at_end[at_end["metric"] == "diverged"].groupby("variant")["value"]
+        counts = div.agg(["sum", "count"])
         for i, v in enumerate(order):
             if v in counts.index:
                 s, c = counts.loc[v]
                 axes[1].annotate(
                     f"{int(s)}/{int(c)} diverged",
-                    (i, s / c),
+                    (i, 0.02),
                     ha="center",
                     va="bottom",
                     fontsize=8,
-                    xytext=(0, 3),
-                    textcoords="offset points",
+                    bbox={"boxstyle": "round", "fc": "white", "alpha": 0.85, "lw": 0},
                 )
-        axes[1].set_ylim(0.0, 1.1)
+        axes[1].set_ylim(0.0, 1.0)
         axes[1].set_xlabel("autocast dtype − rescaling")
-        axes[1].set_ylabel("fraction of runs diverged")
-        axes[1].set_title(f"diverged by epoch {cfg.precision_epochs}")
+        axes[1].set_ylabel("Recall@1, unseen classes (fraction)")
+        axes[1].set_title(f"test Recall@1 at epoch {cfg.precision_epochs} and diverged runs")
         fig.suptitle(f"lorentz: CPU autocast float16 / bfloat16 training ({seeds})")
         ctx.save_figure(fig, "lorentz_precision")
 
@@ -913,7 +938,7 @@ def run(ctx: StudyContext, settings: Settings | None = None) -> StudyResult:
     data = _data(cfg.per_class)
     n_train = len(data.train_classes)
     rows: list[dict[str, Any]] = []
-    reasons: list[str] = []
+    reasons: list[_Divergence] = []
 
     def embedder(manifold: geoopt.Lorentz | None, **kw: Any) -> Embedder:
         return Embedder(n_train, dim=cfg.embed_dim, channels=cfg.channels, manifold=manifold, **kw)
@@ -1036,7 +1061,16 @@ the test embeddings under autocast). The decision rules are in the module docstr
 `analysis/studies/lorentz.py` and in each verdict."""
 
 
-def _notes(reasons: Sequence[str]) -> list[str]:
+def _notes(reasons: Sequence[_Divergence]) -> list[str]:
+    """One line per variant with diverged runs: seeds, optimizer steps and why."""
     if not reasons:
         return ["No run diverged."]
-    return [f"Diverged: {r}" for r in reasons]
+    by_variant: dict[str, list[_Divergence]] = {}
+    for r in reasons:
+        by_variant.setdefault(r.variant, []).append(r)
+    out = []
+    for variant, rs in by_variant.items():
+        whys = "; ".join(dict.fromkeys(r.why for r in rs))
+        where = ", ".join(f"seed {r.seed} at step {r.step} (epoch {r.epoch})" for r in rs)
+        out.append(f"`{variant}` diverged: {where} — {whys}.")
+    return out
