@@ -24,6 +24,10 @@ Two families, as compared by Song et al. for global covariance pooling (GCP):
   - ``"exact"``: the divided difference itself, in closed form for the root
     (:math:`1/(\sqrt{\lambda_i}+\sqrt{\lambda_j})`) and the inverse root, so it is exact *and*
     stable; for a general power a first-order fallback when :math:`|\delta|` is at round-off.
+    Eigenvalues below the floor :math:`\varepsilon\lambda_{\max}` (``eps``) enter the
+    derivative at the floor, off the diagonal as on it: finite for every PSD input (a
+    rank-deficient covariance, e.g. after a ReLU, has many zero eigenvalues), at most
+    :math:`1/(2\sqrt{\varepsilon\lambda_{\max}})` for the root.
   - ``"taylor"`` (degree ``n``): :math:`1/(\lambda_i-\lambda_j) = \lambda_{>}^{-1}/(1-x)`,
     :math:`x=\lambda_{<}/\lambda_{>}`, truncated to :math:`\lambda_{>}^{-1}\sum_{k\le n}x^k`;
     bounded by :math:`(n+1)/\lambda_{>}` (Song et al.'s SVD-Taylor).
@@ -197,8 +201,10 @@ def _divided_difference(
     delta = lam[..., :, None] - lam[..., None, :]
     if backward == "exact":
         if p == 0.5:
-            si, sj = fi, fj
-            k = 1.0 / (si + sj).clamp(min=torch.finfo(lam.dtype).tiny)
+            # at the floor below it, as the diagonal f'(λ) is: two zero eigenvalues gave
+            # 1/(0 + 0) → 4.5e307 before, an overflowing gradient for any rank-deficient input
+            si, sj = li.sqrt(), lj.sqrt()
+            k = 1.0 / (si + sj)
         elif p == -0.5:
             si, sj = li.sqrt(), lj.sqrt()
             k = -1.0 / (si * sj * (si + sj))

@@ -47,7 +47,8 @@ class CovariancePooling(nn.Module):
     switch_epoch : int, optional
         The hybrid protocol of Song et al.: train with Newton–Schulz until
         ``set_epoch(e)`` is called with ``e >= switch_epoch``, then use eigh. Requires
-        ``method="newton_schulz"``.
+        ``method="newton_schulz"``. The epoch is a buffer in the layer's ``state_dict`` (only
+        for a hybrid layer), so loading a checkpoint restores the method it was saved with.
 
     Notes
     -----
@@ -93,7 +94,13 @@ class CovariancePooling(nn.Module):
         self.degree = degree
         self.gap_eps = gap_eps
         self.switch_epoch = switch_epoch
-        self.epoch = 0
+        # the epoch is state of a hybrid layer: saved with it, so a model rebuilt from a
+        # checkpoint past the switch computes the eigh root it was trained with (it silently
+        # fell back to Newton–Schulz before); plain layers keep their state_dict unchanged
+        self.epoch: torch.Tensor
+        self.register_buffer(
+            "epoch", torch.zeros((), dtype=torch.long), persistent=switch_epoch is not None
+        )
 
     @property
     def out_features(self) -> int:
@@ -101,13 +108,13 @@ class CovariancePooling(nn.Module):
         return self.channels * (self.channels + 1) // 2
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the layer the current epoch (drives ``switch_epoch``)."""
-        self.epoch = int(epoch)
+        """Tell the layer the current epoch (drives ``switch_epoch``; saved in its state)."""
+        self.epoch.fill_(int(epoch))
 
     @property
     def active_method(self) -> str | None:
         """The normalisation used now (``"eigh"`` once ``switch_epoch`` is reached)."""
-        if self.switch_epoch is not None and self.epoch >= self.switch_epoch:
+        if self.switch_epoch is not None and int(self.epoch) >= self.switch_epoch:
             return "eigh"
         return self.method
 

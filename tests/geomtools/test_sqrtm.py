@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -152,6 +154,33 @@ def test_repeated_eigenvalues_give_finite_gradients(kind, fn):
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_eigenvalues_give_bounded_gradients(kind):
+    # a rank-2 covariance of 5 channels (a ReLU leaves channels at zero): exactly-zero
+    # eigenvalues once gave 1/(0 + 0) → 4.5e307 off the diagonal and an overflowing gradient
+    rng = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=rng, dtype=torch.float64))
+    x = torch.zeros(5, 5, dtype=torch.float64)
+    x[:2, :2] = torch.tensor([[2.0, 0.3], [0.3, 1.0]])
+    a = q @ x @ q.T
+    a = (a + a.T) / 2
+    gy = torch.randn(5, 5, generator=rng, dtype=torch.float64)
+    leaf = a.clone().requires_grad_()
+    (sqrtm(leaf, backward=kind) * gy).sum().backward()
+    lam_max = float(torch.linalg.eigvalsh(a)[-1])
+    bound = 1.0 / (2.0 * (1e-12 * lam_max) ** 0.5)  # the kernel at the eps floor
+    assert torch.isfinite(leaf.grad).all()
+    assert float(leaf.grad.abs().max()) <= bound * float(gy.abs().sum())
+    if kind == "exact":  # on the range of A (eigenvalues far above the floor) it stays exact
+        lam, u = torch.linalg.eigh(a)
+        top = u[:, 3:]  # eigenvectors of 2 positive eigenvalues
+        g_sym = (gy + gy.T) / 2
+        s = torch.sqrt(lam[3:])
+        k = 1.0 / (s[:, None] + s[None, :])
+        want = k * (top.T @ g_sym @ top)
+        np.testing.assert_allclose(top.T @ leaf.grad @ top, want, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize(
     ("kind", "degree", "tol"), [("taylor", 60, 1e-6), ("pade", 2, 1e-6), ("clip", 1, 1e-14)]
 )
@@ -195,6 +224,18 @@ def test_covariance_pooling_values_and_switch():
     assert torch.allclose(layer(x).double(), sqrtm(cov)[:, rows, cols], atol=1e-6)
     none = CovariancePooling(4, method=None)
     assert torch.allclose(none(x).double(), cov[:, rows, cols], atol=1e-6)
+    # a hybrid layer rebuilt from its state_dict past the switch uses eigh, not NS
+    fresh = CovariancePooling(4, method="newton_schulz", iters=5, switch_epoch=2)
+    fresh.load_state_dict(torch.load(_saved(layer), weights_only=True))
+    assert fresh.active_method == "eigh" and torch.equal(fresh(x), layer(x))
+    assert "epoch" not in CovariancePooling(4, method="eigh").state_dict()  # plain: unchanged
+
+
+def _saved(module: torch.nn.Module) -> io.BytesIO:
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    buf.seek(0)
+    return buf
 
 
 def test_covariance_pooling_backward_and_reduction():
