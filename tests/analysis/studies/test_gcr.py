@@ -64,9 +64,16 @@ def test_tiny_run_rows_cover_every_run(tiny_run: Path) -> None:
 
 def test_tiny_run_outputs(tiny_run: Path) -> None:
     summary = (tiny_run / "summary.md").read_text(encoding="utf-8")
-    assert summary.count("rule:") == 3
+    verdicts = [line for line in summary.splitlines() if line.startswith("- **")]
+    assert len(verdicts) == 3 and all("rule:" in line for line in verdicts)
     assert "Sanity anchor" in summary
-    for stem in ("gcr_variability", "gcr_top1", "gcr_transfer", "gcr_curves"):
+    for stem in (
+        "gcr_variability",
+        "gcr_variability_epochs",
+        "gcr_top1",
+        "gcr_transfer",
+        "gcr_curves",
+    ):
         for ext in ("pdf", "png"):
             assert (tiny_run / "figures" / f"{stem}.{ext}").is_file()
     ckpts = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
