@@ -251,6 +251,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                     f"{Path(args.out) / n} exists; pass --force to replace it "
                     "(it is kept until the new run is complete)"
                 )
+    import signal
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # the staging folder is removed, as on Ctrl-C
+
+    signal.signal(signal.SIGTERM, terminated)
     for module in modules:
         result = run_study(
             module,

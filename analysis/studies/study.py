@@ -15,9 +15,9 @@ paper's claim in one sentence), ``PAPER`` (the reference) and ``run(ctx) -> Stud
 
 The staging folder replaces ``DIR/NAME`` only when everything is written, so an error or
 Ctrl-C leaves the previous ``DIR/NAME`` (or none) untouched; an existing ``DIR/NAME`` is only
-replaced with ``force``. Torch runs single-threaded inside a study (tiny models: fastest, and
-the numbers do not depend on the core count), and the CSV is byte-identical between two runs
-with the same arguments.
+replaced with ``force``. Torch and the BLAS under NumPy, SciPy and scikit-learn run
+single-threaded inside a study (tiny models: fastest, and the numbers do not depend on the core
+count), and the CSV is byte-identical between two runs with the same arguments.
 """
 
 from __future__ import annotations
@@ -332,9 +332,13 @@ def run_study(
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
     try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
         torch.set_num_threads(1)
         ctx = StudyContext(name, staging, range(n_seeds), quick=quick, progress=progress)
-        result = module.run(ctx)
+        # NumPy/SciPy/scikit-learn BLAS too (probes, eigvalsh): one thread, like torch
+        with threadpool_limits(1):
+            result = module.run(ctx)
         _check_rows(result.rows, name)
         rows = sorted(
             result.rows,
