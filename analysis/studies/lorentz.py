@@ -1019,7 +1019,10 @@ def run(ctx: StudyContext, settings: Settings | None = None) -> StudyResult:
     ]
     setup = _setup_text(cfg, data, len(ctx.seeds))
     notes = _notes(reasons)
-    return StudyResult(rows=rows, claims=claims, table=table, setup=setup, notes=notes)
+    shown = [v for v in dict.fromkeys(r["variant"] for r in rows) if not v.startswith("sweep-")]
+    return StudyResult(
+        rows=rows, claims=claims, table=table, setup=setup, notes=notes, table_variants=shown
+    )
 
 
 def _setup_text(cfg: Settings, data: _Data, n_seeds: int) -> str:

@@ -86,6 +86,9 @@ class StudyResult:
         Markdown: model, data, variants, epochs (written under "Set-up" in summary.md).
     notes : list of str
         Further lines for summary.md (sanity anchors, what diverged, ...).
+    table_variants : list of str, optional
+        The variants the summary table lists, in order (default: every variant of ``rows``,
+        in order of first appearance); e.g. to leave out the runs of a learning-rate sweep.
     """
 
     rows: list[dict[str, Any]]
@@ -93,6 +96,7 @@ class StudyResult:
     table: list[tuple[str, str, str]] = field(default_factory=list)
     setup: str = ""
     notes: list[str] = field(default_factory=list)
+    table_variants: list[str] | None = None
 
 
 class StudyContext:
@@ -257,7 +261,11 @@ def _summary_md(mod: ModuleType, result: StudyResult, ctx: StudyContext, seconds
             "",
             "## Last epoch, mean ± std over seeds",
             "",
-            summary_table(result.rows, result.table, _variants(result.rows)),
+            summary_table(
+                result.rows,
+                result.table,
+                _variants(result.rows) if result.table_variants is None else result.table_variants,
+            ),
         ]
     if result.setup:
         parts += ["", "## Set-up", "", result.setup.strip()]

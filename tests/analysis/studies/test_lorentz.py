@@ -93,7 +93,8 @@ def test_tiny_run_rows_figures_verdicts(tmp_path: Path) -> None:
             assert d == 0.0, variant
     summary = (folder / "summary.md").read_text()
     assert summary.count("**reproduced**") + summary.count("**not reproduced at this scale**") == 3
-    assert "rule:" in summary and "| sweep-aware-lr0.01 |" in summary
+    assert "rule:" in summary and "| lorentz |" in summary
+    assert "| sweep-aware-lr0.01 |" not in summary  # sweep runs stay out of the table
     stems = {p.stem for p in (folder / "figures").glob("*.png")}
     assert stems == {
         "lorentz_recall",

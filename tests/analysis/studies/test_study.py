@@ -133,6 +133,18 @@ def test_mean_std_and_table() -> None:
     assert last_epoch_values(rows, "m", "test") == {"v": {0: 1.0, 1: 3.0}}
     table = summary_table(rows, [("m", "test", "M")], ["v"])
     assert table.splitlines()[2] == "| v | 2 ± 1.41 |"
+    assert summary_table(rows, [("m", "test", "M")], ["w", "v"]).splitlines()[2] == "| w | — |"
+
+
+def test_table_variants_limit_the_summary(tmp_path: Path) -> None:
+    def run(ctx: StudyContext) -> StudyResult:
+        result = _toy_run(ctx)
+        result.table_variants = ["b"]
+        return result
+
+    run_study(_module(run), tmp_path, seeds=1, progress=False)
+    summary = (tmp_path / "toy" / "summary.md").read_text()
+    assert "| b |" in summary and "| a |" not in summary
 
 
 def test_registry_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
