@@ -1019,7 +1019,7 @@ def run(ctx: StudyContext, settings: Settings | None = None) -> StudyResult:
     ]
     setup = _setup_text(cfg, data, len(ctx.seeds))
     notes = _notes(reasons)
-    shown = [v for v in dict.fromkeys(r["variant"] for r in rows) if not v.startswith("sweep-")]
+    shown = sorted({r["variant"] for r in rows if not r["variant"].startswith("sweep-")})
     return StudyResult(
         rows=rows, claims=claims, table=table, setup=setup, notes=notes, table_variants=shown
     )
