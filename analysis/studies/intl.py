@@ -8,12 +8,12 @@ normalization: beyond standardization towards efficient whitening", CVPR 2019).
 Set-up
 ------
 Self-supervised joint-embedding training on MNIST-1D (:func:`analysis.studies.data.mnist1d`,
-4000 train / 1000 test signals of length 40; the labels are used by the linear probe and the
-class statistics only). Two views of every signal are drawn by :func:`augment` (random circular
-shift, random amplitude scale, additive Gaussian noise; a seeded ``torch.Generator``). The
-network (:class:`SSLNet`) is an encoder (:func:`analysis.studies.models.conv1d_backbone`,
-flatten, Linear → 64, BatchNorm, ReLU), a projector (Linear 64 → 128, BatchNorm, ReLU,
-Linear 128 → 64) producing the *embedding* :math:`z`, and a spectral transformation:
+4000 train / 1000 test signals of length 40; labels are used only by the probes and the class
+statistics). Two views of every signal are drawn by :func:`augment` (random circular shift,
+random amplitude scale, additive Gaussian noise; a seeded ``torch.Generator``). The network
+(:class:`SSLNet`) is an encoder (:func:`analysis.studies.models.conv1d_backbone`, flatten,
+Linear → 64, BatchNorm, ReLU), a projector (Linear 64 → 128, BatchNorm, ReLU, Linear 128 → 64)
+producing the *embedding* :math:`z`, and a spectral transformation:
 
 ========== =============================================================================
 variant    transformation and loss (:class:`geomtools.losses.INTLLoss` in every case)
@@ -27,25 +27,32 @@ intl       IterNorm (:math:`T = 4`) + similarity + :math:`\beta` × trace losses
            0.05 at B = 256)
 ========== =============================================================================
 
-All variants of one seed share the initialisation, the batch order and the augmentations
-(paired comparison). Optimiser: :class:`geomtools.optim.RiemannianAdamW` (plain AdamW on
-these Euclidean parameters), cosine learning-rate schedule. A checkpoint is saved before
+:math:`T = 4` is the INTL paper's iteration number; IterNorm keeps its default
+:math:`\epsilon = 10^{-5}`. All variants of one seed share the initialisation, the batch order
+and the augmentations (paired comparison). Optimiser: :class:`geomtools.optim.RiemannianAdamW`
+(plain AdamW on these Euclidean parameters), cosine learning-rate schedule. An online linear
+readout on the *detached* encoder features is trained alongside (it sends no gradient into
+the network; it gives the pipeline the classifier it needs). A checkpoint is saved before
 training (epoch 0) and after every epoch.
 
 Measurement
 -----------
 Every checkpoint goes through the toolkit's pipeline (``ctx.analyze``, i.e.
 :func:`analysis.pipeline.analyze_runs`) on the test split at three layers: the encoder
-features (input of ``projector``), the embedding :math:`z` (input of ``whiten``) and the
+features (input of ``readout``), the embedding :math:`z` (input of ``whiten``) and the
 transformed output (input of ``out``). From its report the study takes
 ``effective_rank_total`` (Roy & Vetterli 2007: :math:`\exp H(p)`,
-:math:`p = \lambda/\sum\lambda`, :math:`\lambda` the eigenvalues of the total covariance) and
-``rankme`` (Garrido et al. 2023). The *flatness* of a spectrum is its normalised entropy
-:math:`H(p)/\log D = \log(\text{erank})/\log D \in [0, 1]` (1 = all eigenvalues equal). At the
-last epoch the encoder features of the train split fit a linear probe
+:math:`p = \lambda/\sum\lambda`, :math:`\lambda` the eigenvalues of the total covariance),
+``rankme`` (Garrido et al. 2023) and the readout's ``accuracy``. A run the pipeline cannot
+analyse (its neural-collapse metrics raise ``ValueError`` when two classes' mean features
+coincide exactly) gets the same numbers from the same functions
+(:class:`analysis.stats.FeatureStats`, :func:`analysis.spectrum.spectrum_metrics`), said in
+the notes. The *flatness* of a spectrum is its normalised entropy
+:math:`H(p)/\log D = \log(\text{erank})/\log D \in [0, 1]` (1 = all eigenvalues equal). Before
+training and at the last epoch the encoder features of the train split fit a linear probe
 (:func:`analysis.report.linear_probe`: standardised multinomial logistic regression, C chosen
-on a held-out fifth of train) scored on the test split; the embedding spectra of the figure are
-:func:`analysis.spectrum.covariance_spectrum` of the test embeddings.
+on a held-out fifth of train) scored on the test split; the spectra of the figure are
+:func:`analysis.spectrum.covariance_spectrum` of the test features.
 
 Decision rules (fixed before any run; means and sample standard deviations over seeds, test
 split, last epoch; :math:`D = 64` is the embedding dimension)
@@ -91,6 +98,7 @@ __all__ = [
     "flatness",
     "run",
     "settings",
+    "spectrum_of",
 ]
 
 NAME = "intl"
@@ -116,6 +124,7 @@ PIPELINE_METRICS = ("effective_rank_total", "rankme")
 NUM_CLASSES = 10
 COLLAPSED_FRACTION = 0.2  # rule 1: collapsed below 20 % of D
 FULL_FRACTION = 0.5  # rule 1: full at 50 % of D or more
+SPECTRUM_FLOOR = 1e-12  # spectrum figure: normalised eigenvalues below are float64 round-off
 
 
 @dataclass(frozen=True)
@@ -778,7 +787,7 @@ def _setup_text(s: IntlSettings, seeds: int) -> str:
 
     return (
         f"- Data: MNIST-1D generated locally ({s.num_samples} signals, 80 % train / 20 % test); "
-        "labels are used by the linear probe only.\n"
+        "labels are used only by the probes (offline probe, online readout).\n"
         f"- Views: random circular shift of up to ±{s.max_shift} samples, amplitude scale in "
         f"[{1 - s.scale:g}, {1 + s.scale:g}], additive Gaussian noise σ = {s.noise:g} "
         "(seeded torch generator; the same views for every variant of a seed).\n"
@@ -797,6 +806,18 @@ def _setup_text(s: IntlSettings, seeds: int) -> str:
         "other variants' by more than one std and above its epoch-0 value; (3) INTL's mean "
         "probe accuracy above both others' by more than one std."
     )
+
+
+def _geometric_mean(values: Any) -> float:
+    r""":math:`10^{\overline{\log_{10} v}}` (the spectrum figure's estimator)."""
+    return float(10.0 ** np.mean(np.log10(np.asarray(values, dtype=np.float64))))
+
+
+def _log_sd_band(values: Any) -> tuple[float, float]:
+    r""":math:`10^{m \pm s}`, :math:`m, s` mean and std of :math:`\log_{10} v` (ddof 0)."""
+    logs = np.log10(np.asarray(values, dtype=np.float64))
+    m, sd = float(logs.mean()), float(logs.std())
+    return 10.0 ** (m - sd), 10.0 ** (m + sd)
 
 
 def _figures(
@@ -818,8 +839,10 @@ def _figures(
     order = list(VARIANTS)
     with style():
         # 1. spectra at the last epoch
+        # geometric mean and ± sd of log10 over seeds (an arithmetic band crosses 0 on a log
+        # axis); eigenvalues that are round-off of 0 are shown at the floor
         spec = pd.DataFrame(list(spectra))
-        spec = spec[spec["p"] > 0]
+        spec["p"] = spec["p"].clip(lower=SPECTRUM_FLOOR)
         fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.4), constrained_layout=True)
         for ax, layer, dim in zip(
             axes, ("embedding", "encoder"), (s.embed_dim, s.feature_dim), strict=True
@@ -830,7 +853,8 @@ def _figures(
                 y="p",
                 hue="variant",
                 hue_order=order,
-                errorbar="sd",
+                estimator=_geometric_mean,
+                errorbar=_log_sd_band,
                 ax=ax,
                 legend=layer == "encoder",
             )
@@ -844,7 +868,8 @@ def _figures(
             ax.set_title(f"{what}, D = {dim}")
         fig.suptitle(
             f"INTL study: covariance spectra of the test split at epoch {s.epochs}\n"
-            f"(mean ± sd over {seeds}; dotted line: equal eigenvalues 1/D)"
+            f"(geometric mean, band ± 1 sd of log10, over {seeds}; dotted line: equal "
+            f"eigenvalues 1/D; floor {SPECTRUM_FLOOR:g})"
         )
         ctx.save_figure(fig, "intl_spectra")
 
