@@ -776,6 +776,7 @@ def run(ctx: StudyContext, settings: IntlSettings | None = None) -> StudyResult:
         ],
         setup=_setup_text(s, len(ctx.seeds)),
         notes=notes,
+        table_variants=list(VARIANTS),
     )
 
 
