@@ -187,6 +187,24 @@ def _distance_to_etf_gram(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.sqrt(max(total, 0.0))
 
 
+#: key order of :func:`collapse_metrics`
+_ORDER = (
+    "nc1",
+    "equinorm_means",
+    "equiangularity_means",
+    "etf_error_means",
+    "etf_distance",
+    "cdnv",
+    "intra_class_variability",
+    "equinorm_weights",
+    "equiangularity_weights",
+    "etf_error_weights",
+    "self_duality",
+    "ncc_mismatch",
+    "frame_distance",
+)
+
+
 class _GramPass:
     r"""Pairwise sums of one matrix of rows ``v`` ``[K, D]``, from one pass over its Gram matrix.
 
@@ -234,6 +252,7 @@ class _GramPass:
         self.cosine_sum = 0.0
         self.etf_sq = 0.0
         self.cdnv_sum = 0.0
+        self._cdnv_error: str | None = None
         for start, stop in _row_blocks(k):
             g = v[start:stop] @ v[start:].T  # upper row block [r, K − start]
             if cosines and inv_norm is not None:
@@ -243,10 +262,20 @@ class _GramPass:
             if etf:
                 diff = (g / gram_norm - _etf_block(start, stop, start, k, g)).square_()
                 self.etf_sq += _symmetric_sum(diff)
-            if cdnv_var is not None:
+            if cdnv_var is not None and self._cdnv_error is None:
                 d2 = _pair_sq_dists(v, sq, start, stop, gram=g)
-                block = _cdnv_block(d2, cdnv_var, start, stop, exponent, classes)
+                try:
+                    block = _cdnv_block(d2, cdnv_var, start, stop, exponent, classes)
+                except ValueError as err:  # coinciding means: CDNV alone is undefined
+                    self._cdnv_error = str(err)
+                    continue
                 self.cdnv_sum += block / cdnv_rescale
+
+    def cdnv(self) -> float:
+        """The CDNV sum; raises the ``ValueError`` of a pair of coinciding class means."""
+        if self._cdnv_error is not None:
+            raise ValueError(self._cdnv_error)
+        return self.cdnv_sum
 
 
 def _pinv_sym(a: torch.Tensor) -> torch.Tensor:
@@ -519,7 +548,7 @@ def cdnv(stats: FeatureStats, *, exponent: Literal[1, 2] = 1, ddof: int = 0) -> 
     mu = stats.means[idx]
     mu = mu - mu.mean(0)
     var = stats.class_variance(ddof)[idx]
-    total = _GramPass(mu, cdnv_var=var, exponent=exponent, classes=idx).cdnv_sum
+    total = _GramPass(mu, cdnv_var=var, exponent=exponent, classes=idx).cdnv()
     return total / (k * (k - 1) / 2)
 
 
@@ -890,6 +919,7 @@ def collapse_metrics(
     *,
     features: Any = None,
     similarity: Any = None,
+    omitted: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Every neural-collapse metric with its default convention, under stable keys.
 
@@ -899,39 +929,76 @@ def collapse_metrics(
     ``self_duality``; with ``weight`` and ``features`` (an evaluation split, ``stats`` being the
     training split): ``ncc_mismatch``; with ``similarity``: ``frame_distance``.
 
+    ``omitted``: if given, a metric that is undefined for these statistics (CDNV when two
+    class means coincide, NC1's quotient form when all do, any metric of all-zero means — the
+    regime of a collapsed or dead representation) is left out and ``omitted[key]`` holds the
+    reason, instead of raising; the others are still computed (the pipeline's policy:
+    omitted and listed). Bad arguments (shapes, a missing classifier) always raise.
+
     Returns
     -------
     dict[str, float]
+        In the order of the keys above.
     """
     stats = _check_stats(stats)
+    if features is not None and weight is None:
+        raise ValueError("ncc_mismatch needs the classifier: pass weight (and bias)")
     idx = stats.present_classes()  # emit the empty-class warning once, here
     k = idx.numel()
-    out: dict[str, float] = {"nc1": nc1(stats), "equinorm_means": equinorm(stats)}
+    pairs = k * (k - 1)
+    out: dict[str, float] = {}
+
+    def put(keys: tuple[str, ...], fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(...)``, stored as ``out[keys[0]]`` when a number (a Gram pass is returned).
+
+        An undefined metric raises, or with ``omitted`` is listed under every key of ``keys``.
+        """
+        try:
+            value = fn(*args, **kwargs)
+        except ValueError as err:
+            if omitted is None:
+                raise
+            for key in keys:
+                omitted[key] = str(err).splitlines()[0]
+            return None
+        if isinstance(value, float):
+            out[keys[0]] = value
+        return value
+
+    put(("nc1",), nc1, stats)
+    put(("equinorm_means",), equinorm, stats)
     # The pairwise metrics of the means (equiangularity, ETF error, CDNV) read one pass over
     # the Gram matrix of the centred means; CDNV's distances do not depend on the centring.
-    means = _GramPass(
-        _vectors(stats, None, "means", "samples", scaled=False),  # CDNV needs the raw scale
-        cosines=True,
-        etf=True,
-        cdnv_var=stats.class_variance(0)[idx],
-        classes=idx,
+    means = put(
+        ("equiangularity_means", "etf_error_means", "cdnv"),
+        lambda: _GramPass(
+            _vectors(stats, None, "means", "samples", scaled=False),  # CDNV: the raw scale
+            cosines=True,
+            etf=True,
+            cdnv_var=stats.class_variance(0)[idx],
+            classes=idx,
+        ),
     )
-    pairs = k * (k - 1)
-    out["equiangularity_means"] = means.cosine_sum / pairs
-    out["etf_error_means"] = math.sqrt(max(means.etf_sq, 0.0))
-    out["etf_distance"] = etf_distance(stats)
-    out["cdnv"] = means.cdnv_sum / (pairs / 2)
-    out["intra_class_variability"] = intra_class_variability(stats)
+    if means is not None:
+        out["equiangularity_means"] = means.cosine_sum / pairs
+        out["etf_error_means"] = math.sqrt(max(means.etf_sq, 0.0))
+        put(("cdnv",), lambda: means.cdnv() / (pairs / 2))
+    put(("etf_distance",), etf_distance, stats)
+    put(("intra_class_variability",), intra_class_variability, stats)
     if weight is not None:
-        rows = _GramPass(_vectors(stats, weight, "weights", "samples"), cosines=True, etf=True)
-        out["equinorm_weights"] = equinorm(stats, weight, of="weights")
-        out["equiangularity_weights"] = rows.cosine_sum / pairs
-        out["etf_error_weights"] = math.sqrt(max(rows.etf_sq, 0.0))
-        out["self_duality"] = self_duality(stats, weight)
+        rows = put(
+            ("equiangularity_weights", "etf_error_weights"),
+            lambda: _GramPass(
+                _vectors(stats, weight, "weights", "samples"), cosines=True, etf=True
+            ),
+        )
+        put(("equinorm_weights",), equinorm, stats, weight, of="weights")
+        if rows is not None:
+            out["equiangularity_weights"] = rows.cosine_sum / pairs
+            out["etf_error_weights"] = math.sqrt(max(rows.etf_sq, 0.0))
+        put(("self_duality",), self_duality, stats, weight)
         if features is not None:
-            out["ncc_mismatch"] = ncc_mismatch(features, weight, bias, train_stats=stats)
-    elif features is not None:
-        raise ValueError("ncc_mismatch needs the classifier: pass weight (and bias)")
+            put(("ncc_mismatch",), ncc_mismatch, features, weight, bias, train_stats=stats)
     if similarity is not None:
-        out["frame_distance"] = frame_distance(stats, similarity)
-    return out
+        put(("frame_distance",), frame_distance, stats, similarity)
+    return {key: out[key] for key in _ORDER if key in out}

@@ -411,14 +411,14 @@ def split_metrics(
     similarity: torch.Tensor | None,
     omitted: dict[str, str],
 ) -> dict[str, float]:
-    """Collapse and spectrum metrics of one split; undefined spectrum measures go to ``omitted``.
+    """Collapse and spectrum metrics of one split; undefined ones go to ``omitted``.
 
     :func:`~analysis.collapse.collapse_metrics` (classifier rows when given, ``frame_distance``
-    with ``similarity``) and :func:`~analysis.spectrum.spectrum_metrics`; a spectrum measure
-    that is undefined (e.g. an effective rank of Σ_W = 0 at exact collapse) is left out and
-    ``omitted[key]`` says why.
+    with ``similarity``) and :func:`~analysis.spectrum.spectrum_metrics`; a metric that is
+    undefined (CDNV when two class means coincide, an effective rank of Σ_W = 0 at exact
+    collapse) is left out and ``omitted[key]`` says why; the other metrics of the split stay.
     """
-    m = collapse_metrics(stats, weight, bias, similarity=similarity)
+    m = collapse_metrics(stats, weight, bias, similarity=similarity, omitted=omitted)
     m.update(spectrum_metrics(stats, omitted=omitted))
     return m
 

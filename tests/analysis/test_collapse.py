@@ -806,3 +806,40 @@ def test_overflowed_feature_sums_are_one_clear_error(feature_scale: float) -> No
     for metric in (collapse.nc1, collapse.cdnv, collapse.etf_distance, collapse.etf_error):
         with pytest.raises(ValueError, match="second moments overflowed"):
             metric(stats)
+
+
+def test_collapse_metrics_omits_only_the_undefined_metric() -> None:
+    # classes 0 and 1 share their mean exactly (a collapsed or dead representation): CDNV's
+    # ratio is infinite, every other metric is defined and must still be reported
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(60, 5, generator=g, dtype=torch.float64)
+    y = torch.arange(60) % 3
+    x[y == 1] = x[y == 0]  # class 1's samples are class 0's: identical means, bit for bit
+    x[y == 2] += 3.0
+    stats = FeatureStats(3, 5)
+    stats.update(x, y)
+    weight = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"cdnv: the means of classes \(0, 1\) coincide"):
+        collapse.collapse_metrics(stats, weight)
+    omitted: dict[str, str] = {}
+    out = collapse.collapse_metrics(stats, weight, omitted=omitted)
+    assert omitted == {"cdnv": "cdnv: the means of classes (0, 1) coincide"}
+    assert list(out) == [
+        "nc1",
+        "equinorm_means",
+        "equiangularity_means",
+        "etf_error_means",
+        "etf_distance",
+        "intra_class_variability",
+        "equinorm_weights",
+        "equiangularity_weights",
+        "etf_error_weights",
+        "self_duality",
+    ]
+    assert out["nc1"] == pytest.approx(collapse.nc1(stats), rel=1e-12)
+    assert out["etf_distance"] == pytest.approx(collapse.etf_distance(stats), rel=1e-12)
+    assert out["equiangularity_means"] == pytest.approx(collapse.equiangularity(stats), rel=1e-12)
+    assert out["self_duality"] == pytest.approx(collapse.self_duality(stats, weight), rel=1e-12)
+    # a bad argument is not "undefined": it raises even with omitted
+    with pytest.raises(ValueError, match="ncc_mismatch needs the classifier"):
+        collapse.collapse_metrics(stats, features=(x, y), omitted={})
