@@ -269,8 +269,6 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 @torch.no_grad()
 def _transfer(model: nn.Module, heldout: Mapping[str, Split]) -> dict[str, float]:
     """Linear probe of the frozen head-input features on the held-out classes."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
     from analysis.report import linear_probe
 
     model.eval()
@@ -278,8 +276,7 @@ def _transfer(model: nn.Module, heldout: Mapping[str, Split]) -> dict[str, float
         split: (model.features(x).double().numpy(), y.numpy())  # type: ignore[operator]
         for split, (x, y) in heldout.items()
     }
-    with threadpool_limits(1):  # tiny fits: BLAS threads only contend (as torch's do)
-        return linear_probe(feats["train"], feats["test"])
+    return linear_probe(feats["train"], feats["test"])  # BLAS single-threaded: run_study
 
 
 def _row(

@@ -43,11 +43,10 @@ features (input of ``readout``), the embedding :math:`z` (input of ``whiten``) a
 transformed output (input of ``out``). From its report the study takes
 ``effective_rank_total`` (Roy & Vetterli 2007: :math:`\exp H(p)`,
 :math:`p = \lambda/\sum\lambda`, :math:`\lambda` the eigenvalues of the total covariance),
-``rankme`` (Garrido et al. 2023) and the readout's ``accuracy``. A run the pipeline cannot
-analyse (its neural-collapse metrics raise ``ValueError`` when two classes' mean features
-coincide exactly) gets the same numbers from the same functions
-(:class:`analysis.stats.FeatureStats`, :func:`analysis.spectrum.spectrum_metrics`), said in
-the notes. The *flatness* of a spectrum is its normalised entropy
+``rankme`` (Garrido et al. 2023) and the readout's ``accuracy``; a measure that is undefined
+for a checkpoint (e.g. the CDNV of a collapsed encoder whose class means coincide) is omitted
+by the pipeline with its reason and becomes NaN here. The *flatness* of a spectrum is its
+normalised entropy
 :math:`H(p)/\log D = \log(\text{erank})/\log D \in [0, 1]` (1 = all eigenvalues equal). Before
 training and at the last epoch the encoder features of the train split fit a linear probe
 (:func:`analysis.report.linear_probe`: standardised multinomial logistic regression, C chosen
@@ -551,88 +550,21 @@ def _probe(model: SSLNet, s: IntlSettings) -> float:
     return float(linear_probe(train, test)["linear_probe_accuracy"])
 
 
-def _analyze(
-    ctx: StudyContext, specs: Sequence[Any]
-) -> tuple[dict[tuple[str, int, str, str], float], dict[str, str]]:
-    """Run the pipeline run by run; its values and the runs it could not analyse (why).
+def _analyze(ctx: StudyContext, specs: Sequence[Any]) -> dict[tuple[str, int, str, str], float]:
+    """Every run through the pipeline; ``{(run, epoch, layer, metric): value}`` of the test split.
 
-    Values are ``{(run, epoch, layer, metric): value}`` of the test split, for the layers
-    :data:`LAYERS` and the metrics :data:`PIPELINE_METRICS` and ``accuracy``. A run whose
-    features collapse *exactly* (e.g. two classes with identical mean features) makes the
-    pipeline's neural-collapse metrics raise ``ValueError`` (they are not omitted like the
-    spectrum measures); such a run is listed with the error instead.
+    For the layers :data:`LAYERS` and the metrics :data:`PIPELINE_METRICS` and ``accuracy``.
     """
-    import pandas as pd
-
-    failed: dict[str, str] = {}
-    report = None
-    for spec in specs:
-        try:
-            report = ctx.analyze([spec])
-        except ValueError as err:
-            failed[spec.name] = str(err).splitlines()[0]
-    values: dict[tuple[str, int, str, str], float] = {}
-    if report is None:
-        return values, failed
-    assert isinstance(report, pd.DataFrame)
+    report = ctx.analyze(specs)
     sub = report[
         (report["split"] == "test")
         & report["layer"].isin(list(LAYERS))
         & report["metric"].isin([*PIPELINE_METRICS, "accuracy"])
-        & ~report["run"].isin(list(failed))
     ]
-    for r in sub.itertuples(index=False):
-        values[(str(r.run), int(r.epoch), str(r.layer), str(r.metric))] = float(r.value)
-    return values, failed
-
-
-@torch.no_grad()
-def _own_metrics(
-    ctx: StudyContext, name: str, variant: str, s: IntlSettings
-) -> dict[tuple[str, int, str, str], float]:
-    """What :func:`_analyze` takes from the pipeline, computed directly for run ``name``.
-
-    The same measurement as the pipeline's: every checkpoint in eval mode on the test split,
-    each layer's input into an :class:`analysis.stats.FeatureStats` and
-    :func:`analysis.spectrum.spectrum_metrics` (undefined measures left out), and the
-    readout's accuracy; only the neural-collapse metrics, which raise at exact collapse, are
-    not computed.
-    """
-    from analysis.spectrum import spectrum_metrics
-    from analysis.stats import FeatureStats
-
-    x, y = _data(s.num_samples)["test"]
-    model = build_model(variant, s)
-    folder = ctx.folder / "checkpoints" / name
-    out: dict[tuple[str, int, str, str], float] = {}
-    for epoch in range(s.epochs + 1):
-        ck = torch.load(folder / f"epoch{epoch:03d}.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
-        model.eval()
-        seen: dict[str, list[torch.Tensor]] = {layer: [] for layer in LAYERS}
-        hooks = [
-            model.get_submodule(layer).register_forward_pre_hook(
-                lambda _m, args, layer=layer, seen=seen: seen[layer].append(args[0].double())
-            )
-            for layer in LAYERS
-        ]
-        try:
-            logits = torch.cat(
-                [model(x[i : i + s.eval_batch]) for i in range(0, len(y), s.eval_batch)]
-            )
-        finally:
-            for h in hooks:
-                h.remove()
-        out[(name, epoch, "readout", "accuracy")] = float((logits.argmax(1) == y).double().mean())
-        for layer, feats in seen.items():
-            f = torch.cat(feats)
-            stats = FeatureStats(NUM_CLASSES, f.shape[1])
-            stats.update(f, y)
-            metrics = spectrum_metrics(stats, omitted={})
-            for metric in PIPELINE_METRICS:
-                if metric in metrics:
-                    out[(name, epoch, layer, metric)] = metrics[metric]
-    return out
+    return {
+        (str(r.run), int(r.epoch), str(r.layer), str(r.metric)): float(r.value)
+        for r in sub.itertuples(index=False)
+    }
 
 
 def _pipeline_rows(
@@ -681,8 +613,6 @@ def run(ctx: StudyContext, settings: IntlSettings | None = None) -> StudyResult:
     settings : IntlSettings, optional
         Overrides the mode's preset (``QUICK``/``FULL``), e.g. a tiny one in tests.
     """
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
     from analysis.report import linear_probe
     from analysis.runs import RunSpec
 
@@ -692,50 +622,44 @@ def run(ctx: StudyContext, settings: IntlSettings | None = None) -> StudyResult:
     specs = []
     runs: dict[str, tuple[str, int]] = {}
     spectra: list[dict[str, Any]] = []
-    # BLAS on one thread, as torch: several threads make the probe's small solves far slower
-    # (spin-waiting) on a shared machine, and the numbers do not depend on the core count
-    with threadpool_limits(1):
-        raw = linear_probe(
-            (data["train"][0].double().numpy(), data["train"][1].numpy()),
-            (data["test"][0].double().numpy(), data["test"][1].numpy()),
-        )["linear_probe_accuracy"]
-        for seed in ctx.seeds:
-            for variant in VARIANTS:
-                torch.manual_seed(seed)
-                init_probe = _probe(build_model(variant, s), s)
-                rows.append(_row(seed, variant, 0, "test", "linear_probe_accuracy", init_probe))
-                model, loss_rows = _train(ctx, variant, seed, s)
-                rows += loss_rows
-                rows.append(
-                    _row(seed, variant, s.epochs, "test", "linear_probe_accuracy", _probe(model, s))
-                )
-                enc, emb = _features(model, data["test"][0], s.eval_batch)
-                for layer, z in (("encoder", enc), ("embedding", emb)):
-                    lam = np.clip(spectrum_of(z), 0.0, None)
-                    for k, p in enumerate(lam / lam.sum(), start=1):
-                        spectra.append(
-                            {"seed": seed, "variant": variant, "layer": layer, "k": k, "p": p}
-                        )
-                name = f"{variant}-s{seed}"
-                runs[name] = (variant, seed)
-                folder = ctx.checkpoint_dir(variant, seed)
-                specs.append(
-                    RunSpec(
-                        name=name,
-                        checkpoints=[folder / f"epoch{e:03d}.pt" for e in range(s.epochs + 1)],
-                        model=functools.partial(build_model, variant, s),
-                        data=functools.partial(_test_loaders, s.num_samples, s.eval_batch),
-                        model_label=f"analysis.studies.intl:build_model[{variant}, {s}]",
-                        data_label=f"analysis.studies.intl:mnist1d[test, n={s.num_samples}]",
-                        layers=list(LAYERS),
-                        num_classes=NUM_CLASSES,
-                        attributes={"variant": variant, "seed": seed},
+    raw = linear_probe(
+        (data["train"][0].double().numpy(), data["train"][1].numpy()),
+        (data["test"][0].double().numpy(), data["test"][1].numpy()),
+    )["linear_probe_accuracy"]
+    for seed in ctx.seeds:
+        for variant in VARIANTS:
+            torch.manual_seed(seed)
+            init_probe = _probe(build_model(variant, s), s)
+            rows.append(_row(seed, variant, 0, "test", "linear_probe_accuracy", init_probe))
+            model, loss_rows = _train(ctx, variant, seed, s)
+            rows += loss_rows
+            rows.append(
+                _row(seed, variant, s.epochs, "test", "linear_probe_accuracy", _probe(model, s))
+            )
+            enc, emb = _features(model, data["test"][0], s.eval_batch)
+            for layer, z in (("encoder", enc), ("embedding", emb)):
+                lam = np.clip(spectrum_of(z), 0.0, None)
+                for k, p in enumerate(lam / lam.sum(), start=1):
+                    spectra.append(
+                        {"seed": seed, "variant": variant, "layer": layer, "k": k, "p": p}
                     )
+            name = f"{variant}-s{seed}"
+            runs[name] = (variant, seed)
+            folder = ctx.checkpoint_dir(variant, seed)
+            specs.append(
+                RunSpec(
+                    name=name,
+                    checkpoints=[folder / f"epoch{e:03d}.pt" for e in range(s.epochs + 1)],
+                    model=functools.partial(build_model, variant, s),
+                    data=functools.partial(_test_loaders, s.num_samples, s.eval_batch),
+                    model_label=f"analysis.studies.intl:build_model[{variant}, {s}]",
+                    data_label=f"analysis.studies.intl:mnist1d[test, n={s.num_samples}]",
+                    layers=list(LAYERS),
+                    num_classes=NUM_CLASSES,
+                    attributes={"variant": variant, "seed": seed},
                 )
-        found, failed = _analyze(ctx, specs)
-        for name in failed:
-            found.update(_own_metrics(ctx, name, runs[name][0], s))
-    rows += _pipeline_rows(found, runs, s)
+            )
+    rows += _pipeline_rows(_analyze(ctx, specs), runs, s)
 
     last = {
         m: _values(rows, m, s.epochs)
@@ -751,12 +675,6 @@ def run(ctx: StudyContext, settings: IntlSettings | None = None) -> StudyResult:
         "Effective rank, RankMe and the online readout's accuracy come from the toolkit's "
         "pipeline report (`analysis/report.csv`): layer `readout` = encoder features, "
         "`whiten` = embedding z, `out` = IterNorm output (identical to z for `plain`).",
-        *(
-            f"The pipeline could not analyse run `{name}` ({reason}); its spectrum measures "
-            "and readout accuracy were computed directly with the same functions "
-            "(FeatureStats + spectrum_metrics) on the same checkpoints."
-            for name, reason in failed.items()
-        ),
         "`readout_accuracy` is an online linear classifier trained on the detached encoder "
         "features during training (no gradient reaches the network); the decision uses the "
         "offline probe (`linear_probe_accuracy`, refitted on the frozen features).",
