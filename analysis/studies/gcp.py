@@ -340,18 +340,15 @@ class GCPNet(nn.Module):
         return self.head(self.pool(self.backbone(x)))
 
 
-def build_model(variant: str, s: Settings, epoch: int | None = None) -> GCPNet:
-    """A :class:`GCPNet` for ``variant`` with the settings' sizes, at ``epoch`` if given.
+def build_model(variant: str, s: Settings) -> GCPNet:
+    """A fresh :class:`GCPNet` for ``variant`` with the settings' sizes (epoch 0).
 
-    The hybrid's switch state is a plain attribute, not in the state dict, so a model rebuilt
-    to load a checkpoint must be told its epoch.
+    A hybrid's epoch is a buffer in :class:`geomtools.nn.CovariancePooling`'s state dict, so
+    loading a checkpoint saved past the switch restores the eigh root it was trained with.
     """
-    model = GCPNet(
+    return GCPNet(
         variant, channels=s.channels, reduce_dim=s.reduce_dim, switch_epoch=s.switch_epoch
     )
-    if epoch is not None:
-        model.set_epoch(epoch)
-    return model
 
 
 # ---------------------------------------------------------------------------- measurement
@@ -655,7 +652,7 @@ def _analyze(
                 RunSpec(
                     name=f"{variant}-s{seed}",
                     checkpoints=[path],
-                    model=functools.partial(build_model, variant, s, s.epochs),
+                    model=functools.partial(build_model, variant, s),
                     data=functools.partial(_loaders, splits),
                     model_label=f"analysis.studies.gcp:GCPNet[{variant}]",
                     data_label=f"analysis.studies.data:mnist1d[num_samples={s.num_samples}]",
@@ -744,16 +741,19 @@ def _figures(ctx: StudyContext, rows: list[dict[str, Any]], s: Settings) -> None
         )
         ctx.save_figure(fig, "gcp_grad_norm")
 
-        # accuracy against spikes: all, and zoomed on the top
+        # accuracy against spikes: all runs, plus a zoom on the top when some run is below it
         last = df[(df.metric == "accuracy") & (df.epoch == s.epochs)][["seed", "variant", "value"]]
         tot = df[df.metric == "spikes"].groupby(["seed", "variant"], as_index=False)["value"].sum()
         pts = last.merge(tot, on=["seed", "variant"], suffixes=("_acc", "_spikes"))
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+        zooms = (False, True) if float(pts["value_acc"].min()) < 0.9 else (False,)
+        fig, axes = plt.subplots(
+            1, len(zooms), figsize=(5 * len(zooms) + 1.5, 3.8), layout="constrained", squeeze=False
+        )
         top = max(1.0, float(pts["value_spikes"].max()))
-        for ax, zoom in zip(axes, (False, True), strict=True):
+        for ax, zoom in zip(axes[0], zooms, strict=True):
             sns.scatterplot(
                 data=pts, x="value_spikes", y="value_acc", palette=palette, s=50, alpha=0.8,
-                ax=ax, legend=zoom, **lines,
+                ax=ax, legend=zoom == zooms[-1], **lines,
             )  # fmt: skip
             ax.set_xscale("symlog", linthresh=1)
             ax.set_xlim(-0.3, top * 2)
@@ -762,11 +762,11 @@ def _figures(ctx: StudyContext, rows: list[dict[str, Any]], s: Settings) -> None
             if zoom:
                 ax.set_ylim(0.9, 1.0)
                 ax.set_title("zoom: accuracy ≥ 0.9")
-                ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
             else:
                 ax.set_title("all runs")
+        axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.suptitle(
-            f"GCP on MNIST-1D: final test accuracy vs spikes (one point per seed × variant, "
+            f"GCP on MNIST-1D: final test accuracy vs spikes\n(one point per seed × variant, "
             f"{seeds})"
         )
         ctx.save_figure(fig, "gcp_acc_vs_spikes")

@@ -76,7 +76,12 @@ def test_tiny_run_writes_every_row_figure_and_verdict(tmp_path: Path) -> None:
     for stem in ("gcp_accuracy", "gcp_grad_norm", "gcp_acc_vs_spikes"):
         assert (folder / "figures" / f"{stem}.png").is_file()
         assert (folder / "figures" / f"{stem}.pdf").is_file()
-    assert (folder / "checkpoints" / "hybrid-s1" / "epoch002.pt").is_file()
+    ckpt = folder / "checkpoints" / "hybrid-s1" / "epoch002.pt"
+    state = torch.load(ckpt, weights_only=True)["model"]
+    assert int(state["pool.epoch"]) == 2  # the checkpoint carries the switch state
+    rebuilt = gcp.build_model("hybrid", TINY)
+    rebuilt.load_state_dict(state)
+    assert rebuilt.covpool.active_method == "eigh"
 
 
 def _key(r: dict[str, str]) -> tuple[int, str, int, str, str]:
@@ -95,9 +100,32 @@ def test_every_variant_trains_a_step(variant: str) -> None:
 
 def test_hybrid_switches_with_the_epoch() -> None:
     s = gcp.Settings(epochs=4, switch_epoch=3)
-    assert gcp.build_model("hybrid", s, epoch=2).covpool.active_method == "newton_schulz"
-    assert gcp.build_model("hybrid", s, epoch=3).covpool.active_method == "eigh"
-    assert gcp.build_model("hybrid-pade", s, epoch=3).covpool.backward_kind == "pade"
+    model = gcp.build_model("hybrid", s)
+    assert model.covpool.active_method == "newton_schulz"
+    model.set_epoch(2)
+    assert model.covpool.active_method == "newton_schulz"
+    model.set_epoch(3)
+    assert model.covpool.active_method == "eigh"
+    assert gcp.build_model("hybrid-pade", s).covpool.backward_kind == "pade"
+
+
+def test_rebuilt_hybrid_past_the_switch_runs_eigh() -> None:
+    # the analysis factory builds a fresh model (epoch 0, Newton–Schulz); the checkpoint's
+    # state dict carries the epoch, so the loaded model computes the eigh root it trained with
+    s = gcp.Settings(epochs=4, switch_epoch=3)
+    torch.manual_seed(0)
+    trained = gcp.build_model("hybrid", s).eval()
+    trained.set_epoch(4)
+    rebuilt = gcp.build_model("hybrid", s).eval()
+    assert rebuilt.covpool.active_method == "newton_schulz"
+    rebuilt.load_state_dict(trained.state_dict())
+    assert rebuilt.covpool.active_method == "eigh"
+    x = torch.randn(6, 40)
+    with torch.no_grad():
+        out = rebuilt(x)
+        torch.testing.assert_close(out, trained(x))
+        rebuilt.set_epoch(1)  # the same weights through Newton–Schulz give other logits
+        assert not torch.allclose(out, rebuilt(x), atol=1e-6)
 
 
 def test_autograd_variant_matches_the_toolkit_root_forward() -> None:
