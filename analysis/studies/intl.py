@@ -673,7 +673,7 @@ def run(ctx: StudyContext, settings: IntlSettings | None = None) -> StudyResult:
         f"regression on MNIST-1D ≈ 0.32); randomly initialised encoder "
         f"{np.mean(init):.3f} (mean over seeds).",
         "Effective rank, RankMe and the online readout's accuracy come from the toolkit's "
-        "pipeline report (`analysis/report.csv`): layer `readout` = encoder features, "
+        "pipeline report (`DIR/intl/analysis/report.csv`): layer `readout` = encoder features, "
         "`whiten` = embedding z, `out` = IterNorm output (identical to z for `plain`).",
         "`readout_accuracy` is an online linear classifier trained on the detached encoder "
         "features during training (no gradient reaches the network); the decision uses the "
