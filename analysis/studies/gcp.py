@@ -97,7 +97,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.studies.study import Claim, StudyContext, StudyResult, last_epoch_values
+from analysis.studies.study import Claim, StudyContext, StudyResult, last_epoch_values, row
 
 if TYPE_CHECKING:
     from geomtools.nn import CovariancePooling
@@ -457,17 +457,8 @@ def _train_run(
     rows: list[dict[str, Any]] = []
     steps: list[_Step] = []
 
-    def row(epoch: int, split: str, metric: str, value: float) -> None:
-        rows.append(
-            {
-                "seed": seed,
-                "variant": variant,
-                "epoch": epoch,
-                "split": split,
-                "metric": metric,
-                "value": float(value),
-            }
-        )
+    def add(epoch: int, split: str, metric: str, value: float) -> None:
+        rows.append(row(seed, variant, epoch, split, metric, value))
 
     try:
         for epoch in ctx.bar(range(1, s.epochs + 1), f"gcp {variant} s{seed}", total=s.epochs):
@@ -502,15 +493,15 @@ def _train_run(
                 acc = float((model(x_te).argmax(1) == y_te).double().mean())
             finite_g = [st.grad for st in epoch_steps if math.isfinite(st.grad)]
             losses = [st.loss for st in epoch_steps if math.isfinite(st.loss)]
-            row(epoch, "test", "accuracy", acc)
-            row(epoch, "train", "loss", float(np.mean(losses)) if losses else math.nan)
-            row(epoch, "train", "grad_norm_median", _median(finite_g))
-            row(epoch, "train", "grad_norm_max", max(finite_g) if finite_g else math.nan)
-            row(epoch, "train", "spikes", float(sum(st.spike for st in epoch_steps)))
-            row(epoch, "train", "nonfinite", float(sum(not st.finite for st in epoch_steps)))
-            row(epoch, "train", "min_gap", min(st.gap for st in epoch_steps))
-            row(epoch, "train", "min_eig", min(st.low for st in epoch_steps))
-            row(epoch, "train", "close_share", float(np.mean([st.share for st in epoch_steps])))
+            add(epoch, "test", "accuracy", acc)
+            add(epoch, "train", "loss", float(np.mean(losses)) if losses else math.nan)
+            add(epoch, "train", "grad_norm_median", _median(finite_g))
+            add(epoch, "train", "grad_norm_max", max(finite_g) if finite_g else math.nan)
+            add(epoch, "train", "spikes", float(sum(st.spike for st in epoch_steps)))
+            add(epoch, "train", "nonfinite", float(sum(not st.finite for st in epoch_steps)))
+            add(epoch, "train", "min_gap", min(st.gap for st in epoch_steps))
+            add(epoch, "train", "min_eig", min(st.low for st in epoch_steps))
+            add(epoch, "train", "close_share", float(np.mean([st.share for st in epoch_steps])))
             steps += epoch_steps
     finally:
         handle.remove()
@@ -666,14 +657,14 @@ def _analyze(
             continue
         variant, _, seed_text = str(rec["run"]).rpartition("-s")
         rows.append(
-            {
-                "seed": int(seed_text),
-                "variant": variant,
-                "epoch": s.epochs,
-                "split": str(rec["split"]),
-                "metric": ANALYSIS_METRICS[str(rec["metric"])],
-                "value": float(rec["value"]),
-            }
+            row(
+                int(seed_text),
+                variant,
+                s.epochs,
+                str(rec["split"]),
+                ANALYSIS_METRICS[str(rec["metric"])],
+                float(rec["value"]),
+            )
         )
     return rows
 

@@ -70,7 +70,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from analysis.studies.study import Claim, StudyContext, StudyResult, last_epoch_values
+from analysis.studies.study import Claim, StudyContext, StudyResult, last_epoch_values, row
 
 __all__ = [
     "CLAIM",
@@ -279,19 +279,6 @@ def _transfer(model: nn.Module, heldout: Mapping[str, Split]) -> dict[str, float
     return linear_probe(feats["train"], feats["test"])  # BLAS single-threaded: run_study
 
 
-def _row(
-    seed: int, variant: str, epoch: int, split: str, metric: str, value: float
-) -> dict[str, Any]:
-    return {
-        "seed": int(seed),
-        "variant": variant,
-        "epoch": int(epoch),
-        "split": split,
-        "metric": metric,
-        "value": float(value),
-    }
-
-
 def _train(
     ctx: StudyContext, variant: str, seed: int, s: GcrSettings, data: _Data
 ) -> list[dict[str, Any]]:
@@ -326,15 +313,15 @@ def _train(
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         sched.step()
-        rows.append(_row(seed, variant, epoch, "train", "loss", total / count))
+        rows.append(row(seed, variant, epoch, "train", "loss", total / count))
         for split, (xs, ys) in (("train", (x, y)), ("test", (x_te, y_te))):
             acc, _ = _evaluate(model, xs, ys)
-            rows.append(_row(seed, variant, epoch, split, "accuracy", acc))
+            rows.append(row(seed, variant, epoch, split, "accuracy", acc))
         if epoch in analysed and variant != ANCHOR:
             ctx.save_checkpoint(model, variant, seed, epoch)
             probe = _transfer(model, data.heldout)
             rows.append(
-                _row(
+                row(
                     seed,
                     variant,
                     epoch,
@@ -382,7 +369,7 @@ def _pipeline_rows(ctx: StudyContext, s: GcrSettings) -> list[dict[str, Any]]:
     rows = []
     for r in keep.itertuples(index=False):
         variant, seed = owner[str(r.run)]
-        rows.append(_row(seed, variant, int(r.epoch), str(r.split), str(r.metric), float(r.value)))
+        rows.append(row(seed, variant, int(r.epoch), str(r.split), str(r.metric), float(r.value)))
     return rows
 
 

@@ -69,7 +69,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.studies.study import Claim, StudyContext, StudyResult
+from analysis.studies.study import Claim, StudyContext, StudyResult, row
 
 __all__ = [
     "CLAIM",
@@ -673,14 +673,5 @@ def _tidy(report: Any, names: Mapping[str, tuple[str, int]], s: Settings) -> lis
             for split in SPLITS:
                 for metric in METRICS:
                     value = found.get((run_name, epoch, split, metric), math.nan)
-                    rows.append(
-                        {
-                            "seed": int(seed),
-                            "variant": variant,
-                            "epoch": int(epoch),
-                            "split": split,
-                            "metric": metric,
-                            "value": float(value),
-                        }
-                    )
+                    rows.append(row(seed, variant, epoch, split, metric, value))
     return rows

@@ -79,7 +79,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analysis.studies.study import Claim, StudyContext, StudyResult
+from analysis.studies.study import Claim, StudyContext, StudyResult, row
 
 __all__ = [
     "CLAIM",
@@ -372,22 +372,9 @@ def _train(
             readout_total += float(readout.detach())
             count += 1
         ctx.save_checkpoint(model, variant, seed, epoch)
-        rows.append(_row(seed, variant, epoch, "train", "train_loss", total / count))
-        rows.append(_row(seed, variant, epoch, "train", "readout_loss", readout_total / count))
+        rows.append(row(seed, variant, epoch, "train", "train_loss", total / count))
+        rows.append(row(seed, variant, epoch, "train", "readout_loss", readout_total / count))
     return model, rows
-
-
-def _row(
-    seed: int, variant: str, epoch: int, split: str, metric: str, value: float
-) -> dict[str, Any]:
-    return {
-        "seed": int(seed),
-        "variant": variant,
-        "epoch": int(epoch),
-        "split": split,
-        "metric": metric,
-        "value": float(value),
-    }
 
 
 @torch.no_grad()
@@ -582,15 +569,15 @@ def _pipeline_rows(
     for run_name, (variant, seed) in runs.items():
         for epoch in range(s.epochs + 1):
             acc = found.get((run_name, epoch, "readout", "accuracy"), math.nan)
-            rows.append(_row(seed, variant, epoch, "test", "readout_accuracy", acc))
+            rows.append(row(seed, variant, epoch, "test", "readout_accuracy", acc))
             for layer, short in LAYERS.items():
                 for metric in PIPELINE_METRICS:
                     key = "effective_rank" if metric == "effective_rank_total" else metric
                     value = found.get((run_name, epoch, layer, metric), math.nan)
-                    rows.append(_row(seed, variant, epoch, "test", f"{key}_{short}", value))
+                    rows.append(row(seed, variant, epoch, "test", f"{key}_{short}", value))
                 erank = found.get((run_name, epoch, layer, "effective_rank_total"), math.nan)
                 flat = flatness(erank, dims[short]) if math.isfinite(erank) else math.nan
-                rows.append(_row(seed, variant, epoch, "test", f"flatness_{short}", flat))
+                rows.append(row(seed, variant, epoch, "test", f"flatness_{short}", flat))
     return rows
 
 
@@ -630,11 +617,11 @@ def run(ctx: StudyContext, settings: IntlSettings | None = None) -> StudyResult:
         for variant in VARIANTS:
             torch.manual_seed(seed)
             init_probe = _probe(build_model(variant, s), s)
-            rows.append(_row(seed, variant, 0, "test", "linear_probe_accuracy", init_probe))
+            rows.append(row(seed, variant, 0, "test", "linear_probe_accuracy", init_probe))
             model, loss_rows = _train(ctx, variant, seed, s)
             rows += loss_rows
             rows.append(
-                _row(seed, variant, s.epochs, "test", "linear_probe_accuracy", _probe(model, s))
+                row(seed, variant, s.epochs, "test", "linear_probe_accuracy", _probe(model, s))
             )
             enc, emb = _features(model, data["test"][0], s.eval_batch)
             for layer, z in (("encoder", enc), ("embedding", emb)):

@@ -93,7 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.studies.study import Claim, StudyContext, StudyResult
+from analysis.studies.study import Claim, StudyContext, StudyResult, row
 
 __all__ = [
     "CLAIM",
@@ -692,14 +692,7 @@ def _rows(
     variant: str, seed: int, records: Sequence[Mapping[tuple[str, str], float]]
 ) -> list[dict[str, Any]]:
     return [
-        {
-            "seed": int(seed),
-            "variant": variant,
-            "epoch": epoch,
-            "split": split,
-            "metric": metric,
-            "value": float(value),
-        }
+        row(seed, variant, epoch, split, metric, value)
         for epoch, rec in enumerate(records, start=1)
         for (metric, split), value in rec.items()
     ]

@@ -42,6 +42,7 @@ __all__ = [
     "StudyResult",
     "format_mean_std",
     "last_epoch_values",
+    "row",
     "run_study",
     "summary_table",
 ]
@@ -97,6 +98,20 @@ class StudyResult:
     setup: str = ""
     notes: list[str] = field(default_factory=list)
     table_variants: list[str] | None = None
+
+
+def row(
+    seed: int, variant: str, epoch: int, split: str, metric: str, value: float
+) -> dict[str, Any]:
+    """One tidy row (:data:`CSV_COLUMNS`) with the types the CSV writer expects."""
+    return {
+        "seed": int(seed),
+        "variant": str(variant),
+        "epoch": int(epoch),
+        "split": str(split),
+        "metric": str(metric),
+        "value": float(value),
+    }
 
 
 class StudyContext:
