@@ -319,13 +319,14 @@ def _pair_sq_dists(
 def _nuclear_norm(a: torch.Tensor) -> float:
     """Sum of singular values; a wide or tall matrix is first reduced to its QR factor R.
 
-    Same singular values (R = QᵀA), but LAPACK's bidiagonalisation of a D×K matrix with
-    K ≫ D is memory bound: QR first is ~10× faster at D = 512, K = 10 000.
+    Same singular values (R = QᵀA), but LAPACK's bidiagonalisation of a D×K matrix is
+    slower than a Householder QR followed by the SVD of the square R whenever K > D: ~10×
+    at D = 512, K = 10 000, 1.9× at K = 1000, 1.1× at K = 600.
     """
     rows, cols = a.shape
-    if cols > 2 * rows:
+    if cols > rows:
         a = torch.linalg.qr(a.T, mode="r").R
-    elif rows > 2 * cols:
+    elif rows > cols:
         a = torch.linalg.qr(a, mode="r").R
     return float(torch.linalg.svdvals(a).sum())
 
