@@ -3,7 +3,7 @@
 A study module (``analysis/studies/<name>.py``) defines ``NAME``, ``TITLE``, ``CLAIM`` (the
 paper's claim in one sentence), ``PAPER`` (the reference) and ``run(ctx) -> StudyResult``.
 :func:`run_study` gives it a :class:`StudyContext` whose folder is a private staging folder
-``DIR/.NAME.partial``, and on success writes
+``DIR/.NAME.partial-XXXXXXXX`` (one per call), and on success writes
 
 ``DIR/NAME/``::
 
@@ -15,9 +15,12 @@ paper's claim in one sentence), ``PAPER`` (the reference) and ``run(ctx) -> Stud
 
 The staging folder replaces ``DIR/NAME`` only when everything is written, so an error or
 Ctrl-C leaves the previous ``DIR/NAME`` (or none) untouched; an existing ``DIR/NAME`` is only
-replaced with ``force``. Torch and the BLAS under NumPy, SciPy and scikit-learn run
-single-threaded inside a study (tiny models: fastest, and the numbers do not depend on the core
-count), and the CSV is byte-identical between two runs with the same arguments.
+replaced with ``force``; if another run created ``DIR/NAME`` meanwhile, this run's result is
+kept beside it (``DIR/NAME-XXXXXXXX``) and the error says where. Only a run killed outright
+(SIGKILL, power loss) can leave a ``DIR/.NAME.partial-*`` folder: never a result, deletable.
+Torch and the BLAS under NumPy, SciPy and scikit-learn run single-threaded inside a study
+(tiny models: fastest, and the numbers do not depend on the core count), and the CSV is
+byte-identical between two runs with the same arguments.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -225,6 +229,12 @@ def summary_table(
     return "\n".join(lines)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _variants(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["variant"] for r in rows))
 
@@ -348,12 +358,13 @@ def run_study(
         raise FileExistsError(
             f"{final} exists; pass --force to replace it (it is kept until the new run is complete)"
         )
-    staging = parent / f".{name}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)  # left by a killed run: never a result
-    staging.mkdir(parents=True)
+    parent.mkdir(parents=True, exist_ok=True)
+    # a private staging folder per call: two runs into one DIR never share (or delete) one
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent))
+    os.chmod(staging, 0o777 & ~_umask())
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
+    old: Path | None = None
     try:
         from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
@@ -373,17 +384,25 @@ def run_study(
         (staging / "summary.md").write_text(
             _summary_md(module, result, ctx, seconds), encoding="utf-8"
         )
-        old = parent / f".{name}.old"
+        if final.exists() and not force:  # made by another run since the check above
+            keep = parent / f"{name}-{staging.name.rsplit('-', 1)[-1]}"
+            staging.rename(keep)
+            raise FileExistsError(
+                f"{final} was created by another run while this one worked; this run's "
+                f"result is in {keep}"
+            )
         if final.exists():
-            if old.exists():
-                shutil.rmtree(old)
+            old = staging.with_name(staging.name.replace(".partial-", ".old-"))
             final.rename(old)
         staging.rename(final)
-        if old.exists():
-            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and old.exists() and not final.exists():
+            old.rename(final)  # the previous result back in place
         raise
+    else:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         torch.set_num_threads(threads)
     if log is not None:

@@ -105,6 +105,46 @@ def test_failure_keeps_previous(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]
 
 
+def test_failure_while_replacing_restores_previous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_study(_module(_toy_run), tmp_path, seeds=1, progress=False)
+    before = (tmp_path / "toy" / "toy.csv").read_bytes()
+    real_rename = Path.rename
+
+    def rename(self: Path, target: Path) -> Path:  # the staging folder cannot be moved in
+        if self.name.startswith(".toy.partial-"):
+            raise OSError("disk gone")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="disk gone"):
+        run_study(_module(_toy_run), tmp_path, seeds=2, progress=False, force=True)
+    monkeypatch.undo()
+    assert (tmp_path / "toy" / "toy.csv").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]
+
+
+def test_concurrent_calls_have_their_own_staging(tmp_path: Path) -> None:
+    seen: list[Path] = []
+
+    def nested(ctx: StudyContext) -> StudyResult:
+        seen.append(ctx.folder)
+        if len(seen) == 1:  # a second call of the same study into DIR while the first runs
+            run_study(_module(_toy_run), tmp_path, seeds=1, progress=False)
+        assert ctx.folder.is_dir()  # not removed by the other call
+        return _toy_run(ctx)
+
+    with pytest.raises(FileExistsError, match="created by another run") as err:
+        run_study(_module(nested), tmp_path, seeds=2, progress=False)
+    # neither result is lost: the other run's in DIR/toy, this one's beside it
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("toy-")]
+    assert len(kept) == 1 and str(kept[0]) in str(err.value)
+    assert len((kept[0] / "toy.csv").read_text().splitlines()) == 1 + 2 * 2 * 2  # 2 seeds
+    assert len((tmp_path / "toy" / "toy.csv").read_text().splitlines()) == 1 + 2 * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["toy", kept[0].name])
+
+
 def test_bad_rows_refused(tmp_path: Path) -> None:
     def dup(ctx: StudyContext) -> StudyResult:
         row = {"seed": 0, "variant": "a", "epoch": 1, "split": "", "metric": "m", "value": 1.0}
