@@ -944,6 +944,16 @@ def collapse_metrics(
     stats = _check_stats(stats)
     if features is not None and weight is None:
         raise ValueError("ncc_mismatch needs the classifier: pass weight (and bias)")
+    # bad arguments raise whatever ``omitted`` says: only undefined metrics are omitted
+    if weight is not None:
+        _weight_rows(stats, weight)
+    if bias is not None:
+        _classifier_rows(stats, bias, "bias", (stats.num_classes,))
+    if similarity is not None:
+        shape = tuple(as_tensor(similarity, "similarity").shape)
+        if shape != (stats.num_classes, stats.num_classes):
+            k_all = stats.num_classes
+            raise ValueError(f"similarity must have shape [{k_all}, {k_all}], got {list(shape)}")
     idx = stats.present_classes()  # emit the empty-class warning once, here
     k = idx.numel()
     pairs = k * (k - 1)
@@ -998,8 +1008,8 @@ def collapse_metrics(
             out["equiangularity_weights"] = rows.cosine_sum / pairs
             out["etf_error_weights"] = math.sqrt(max(rows.etf_sq, 0.0))
         put(("self_duality",), self_duality, stats, weight)
-        if features is not None:
-            put(("ncc_mismatch",), ncc_mismatch, features, weight, bias, train_stats=stats)
+        if features is not None:  # its argument errors must raise: not through put
+            out["ncc_mismatch"] = ncc_mismatch(features, weight, bias, train_stats=stats)
     if similarity is not None:
         put(("frame_distance",), frame_distance, stats, similarity)
     return {key: out[key] for key in _ORDER if key in out}

@@ -843,3 +843,9 @@ def test_collapse_metrics_omits_only_the_undefined_metric() -> None:
     # a bad argument is not "undefined": it raises even with omitted
     with pytest.raises(ValueError, match="ncc_mismatch needs the classifier"):
         collapse.collapse_metrics(stats, features=(x, y), omitted={})
+    with pytest.raises(ValueError, match=r"weight must have shape \[3, 5\]"):
+        collapse.collapse_metrics(stats, weight[:, :4], omitted={})
+    with pytest.raises(ValueError, match=r"bias must have shape \[3\]"):
+        collapse.collapse_metrics(stats, weight, torch.zeros(4), omitted={})
+    with pytest.raises(ValueError, match=r"similarity must have shape \[3, 3\]"):
+        collapse.collapse_metrics(stats, similarity=torch.eye(2), omitted={})
