@@ -61,7 +61,7 @@ Decision rules (fixed before any run; "mean" is over seeds at the last epoch)
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -735,8 +735,3 @@ def _notes(rows: list[dict[str, Any]], s: GcrSettings) -> list[str]:
 
 def _heldout_test_size(s: GcrSettings) -> int:
     return len(_data(s.num_samples, s.source_classes).heldout["test"][1])
-
-
-def with_settings(s: GcrSettings) -> Callable[[StudyContext], StudyResult]:
-    """``run`` bound to settings ``s`` (for a wrapper module in tests)."""
-    return functools.partial(run, settings=s)

@@ -320,6 +320,7 @@ def run_study(
     quick: bool = False,
     progress: bool = True,
     force: bool = False,
+    settings: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> StudyOutput:
     """Run one study module into ``out/NAME`` (see the module docstring).
@@ -338,6 +339,9 @@ def run_study(
         Progress bars.
     force : bool
         Replace an existing ``out/NAME`` (only once the new one is complete).
+    settings : optional
+        Passed as ``module.run(ctx, settings=settings)``: the study's own settings instead of
+        its quick/full preset (e.g. a tiny configuration in tests); None uses the preset.
 
     Raises
     ------
@@ -372,7 +376,7 @@ def run_study(
         ctx = StudyContext(name, staging, range(n_seeds), quick=quick, progress=progress)
         # NumPy/SciPy/scikit-learn BLAS too (probes, eigvalsh): one thread, like torch
         with threadpool_limits(1):
-            result = module.run(ctx)
+            result = module.run(ctx) if settings is None else module.run(ctx, settings=settings)
         _check_rows(result.rows, name)
         rows = sorted(
             result.rows,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import types
 from pathlib import Path
 
 import pytest
@@ -33,16 +32,8 @@ PER_EPOCH = {
 }
 
 
-def _tiny_module(settings: gcp.Settings) -> types.ModuleType:
-    mod = types.ModuleType("gcp_tiny")
-    for key in ("NAME", "TITLE", "CLAIM", "PAPER"):
-        setattr(mod, key, getattr(gcp, key))
-    mod.run = lambda ctx: gcp.run(ctx, settings)  # type: ignore[attr-defined]
-    return mod
-
-
 def test_tiny_run_writes_every_row_figure_and_verdict(tmp_path: Path) -> None:
-    out = run_study(_tiny_module(TINY), tmp_path, seeds=2, quick=True, progress=False)
+    out = run_study(gcp, tmp_path, settings=TINY, seeds=2, quick=True, progress=False)
     folder = out.folder
     with (folder / "gcp.csv").open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))

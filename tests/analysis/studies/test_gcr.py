@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import types
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,10 @@ TINY = gcr.GcrSettings(epochs=2, analyze_every=1, ks=(1, 2), num_samples=1000)
 SEEDS = 2
 
 
-def _tiny_module() -> types.ModuleType:
-    mod = types.ModuleType("gcr_tiny")
-    for attr in ("NAME", "TITLE", "CLAIM", "PAPER"):
-        setattr(mod, attr, getattr(gcr, attr))
-    mod.run = gcr.with_settings(TINY)  # type: ignore[attr-defined]
-    return mod
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gcr")
-    run_study(_tiny_module(), out, seeds=SEEDS, progress=False)
+    run_study(gcr, out, settings=TINY, seeds=SEEDS, progress=False)
     return out / "gcr"
 
 

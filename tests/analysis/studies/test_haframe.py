@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import functools
 import math
-import types
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +26,10 @@ from analysis.studies.study import NOT_REPRODUCED, REPRODUCED, run_study
 TINY = Settings(epochs=2, eval_every=1, per_class=8, channels=4, feature_dim=18, batch_size=32)
 
 
-def _tiny_module() -> types.ModuleType:
-    mod = types.ModuleType("haframe_tiny")
-    for attr in ("NAME", "TITLE", "CLAIM", "PAPER"):
-        setattr(mod, attr, getattr(haframe, attr))
-    mod.run = functools.partial(haframe.run, settings=TINY)  # type: ignore[attr-defined]
-    return mod
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("haframe")
-    result = run_study(_tiny_module(), out, seeds=2, quick=True, progress=False)
+    result = run_study(haframe, out, settings=TINY, seeds=2, quick=True, progress=False)
     with (result.folder / "haframe.csv").open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return result.folder, rows

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import functools
 import math
-import types
 from pathlib import Path
 
 import pytest
@@ -33,18 +31,10 @@ PER_EPOCH_TEST = [
 ] + ["readout_accuracy"]
 
 
-def _module() -> types.ModuleType:
-    mod = types.ModuleType("intl_tiny")
-    for attr in ("NAME", "TITLE", "CLAIM", "PAPER"):
-        setattr(mod, attr, getattr(intl, attr))
-    mod.run = functools.partial(intl.run, settings=TINY)  # type: ignore[attr-defined]
-    return mod
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("intl")
-    result = run_study(_module(), out, seeds=SEEDS, progress=False)
+    result = run_study(intl, out, settings=TINY, seeds=SEEDS, progress=False)
     assert len(result.claims) == 3
     return result.folder
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import functools
 import math
-import types
 from pathlib import Path
 
 import geoopt
@@ -29,16 +27,8 @@ TINY = lorentz.Settings(
 )
 
 
-def _tiny_module() -> types.ModuleType:
-    mod = types.ModuleType("lorentz_tiny")
-    for attr in ("NAME", "TITLE", "CLAIM", "PAPER"):
-        setattr(mod, attr, getattr(lorentz, attr))
-    mod.run = functools.partial(lorentz.run, settings=TINY)  # type: ignore[attr-defined]
-    return mod
-
-
 def test_tiny_run_rows_figures_verdicts(tmp_path: Path) -> None:
-    out = run_study(_tiny_module(), tmp_path, seeds=2, progress=False)
+    out = run_study(lorentz, tmp_path, settings=TINY, seeds=2, progress=False)
     folder = tmp_path / "lorentz"
     assert out.folder == folder and len(out.claims) == 3
     with (folder / "lorentz.csv").open(newline="") as f:

@@ -145,6 +145,18 @@ def test_concurrent_calls_have_their_own_staging(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["toy", kept[0].name])
 
 
+def test_settings_reach_the_study(tmp_path: Path) -> None:
+    got: list[Any] = []
+
+    def run(ctx: StudyContext, settings: Any = None) -> StudyResult:
+        got.append(settings)
+        return _toy_run(ctx)
+
+    run_study(_module(run), tmp_path, seeds=1, progress=False)
+    run_study(_module(run), tmp_path, seeds=1, progress=False, force=True, settings="tiny")
+    assert got == [None, "tiny"]  # None: the study's own preset
+
+
 def test_bad_rows_refused(tmp_path: Path) -> None:
     def dup(ctx: StudyContext) -> StudyResult:
         row = {"seed": 0, "variant": "a", "epoch": 1, "split": "", "metric": "m", "value": 1.0}
