@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -321,7 +321,6 @@ def run_study(
     progress: bool = True,
     force: bool = False,
     settings: Any = None,
-    log: Callable[[str], None] | None = None,
 ) -> StudyOutput:
     """Run one study module into ``out/NAME`` (see the module docstring).
 
@@ -409,6 +408,4 @@ def run_study(
             shutil.rmtree(old, ignore_errors=True)
     finally:
         torch.set_num_threads(threads)
-    if log is not None:
-        log(f"{name}: {len(rows)} rows, {len(ctx.figures)} figure files in {seconds:.0f} s")
     return StudyOutput(final, result.claims, seconds)
