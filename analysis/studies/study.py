@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from analysis.io import _umask
+
 __all__ = [
     "CSV_COLUMNS",
     "Claim",
@@ -229,12 +231,6 @@ def summary_table(
     return "\n".join(lines)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _variants(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["variant"] for r in rows))
 
@@ -364,7 +360,7 @@ def run_study(
     parent.mkdir(parents=True, exist_ok=True)
     # a private staging folder per call: two runs into one DIR never share (or delete) one
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent))
-    os.chmod(staging, 0o777 & ~_umask())
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 → what mkdir would give
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
     old: Path | None = None
