@@ -371,6 +371,13 @@ def nc1(
     -------
     float
         0 at perfect collapse; ``"vci"`` lies in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        ``"papyan"`` and ``"quotient"`` when all class means coincide (:math:`\Sigma_B = 0`):
+        the ratio is 0/0, and the pseudo-inverse would report a dead or unseparated
+        representation as perfect collapse (0).
     """
     stats = _check_stats(stats)
     sw = stats.within_covariance(within)
@@ -378,6 +385,8 @@ def nc1(
     k = int(stats.present.sum())
     _min_classes(k, "nc1")
     if variant == "papyan":
+        if not bool(sb.any()):
+            raise ValueError("nc1: all class means coincide (Σ_B = 0), NC1 is undefined")
         value = float(torch.trace(sw @ _pinv_sym(sb)))
         return value / k if divide_by_classes else value
     if variant == "quotient":

@@ -849,3 +849,21 @@ def test_collapse_metrics_omits_only_the_undefined_metric() -> None:
         collapse.collapse_metrics(stats, weight, torch.zeros(4), omitted={})
     with pytest.raises(ValueError, match=r"similarity must have shape \[3, 3\]"):
         collapse.collapse_metrics(stats, similarity=torch.eye(2), omitted={})
+
+
+def test_nc1_refuses_coinciding_means_instead_of_reporting_collapse() -> None:
+    # every class has the same mean (a dead or unseparated representation) but spread:
+    # Tr(Σ_W Σ_B⁺) with Σ_B⁺ = 0 would read as perfect collapse
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    y = torch.arange(30) % 3
+    x[y == 1] = x[y == 0]
+    x[y == 2] = x[y == 0]
+    stats = FeatureStats(3, 4)
+    stats.update(x, y)
+    for variant in ("papyan", "quotient"):
+        with pytest.raises(ValueError, match="all class means coincide"):
+            collapse.nc1(stats, variant=variant)  # type: ignore[arg-type]
+    omitted: dict[str, str] = {}
+    out = collapse.collapse_metrics(stats, omitted=omitted)
+    assert "nc1" not in out and "all class means coincide" in omitted["nc1"]
